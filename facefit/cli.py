@@ -1,0 +1,170 @@
+"""facefit's command line: a thin Typer layer over the Python API.
+
+Every command turns :class:`facefit.errors.FacefitError` into one line on stderr and a
+non-zero exit code; heavy modules are imported inside the commands so that ``--help``
+stays fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .errors import FacefitError
+
+app = typer.Typer(
+    name="facefit",
+    help="Turn face photos into neutral 3D faces (mesh + colour).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Import, inspect and fetch morphable face models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"facefit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+):
+    """facefit: neutral 3D faces from photos (Genova et al., CVPR 2018)."""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@model_app.command("import")
+def model_import(
+    kind: str = typer.Argument(..., help="Source format: ict, bfm2017, bfm2009 or flame."),
+    path: Path = typer.Argument(..., help="The model file, ZIP or folder as downloaded."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Where to write the facefit .npz (default: the model store)."),
+    region: str = typer.Option("face", help="ICT-FaceKit only: 'face' (face area) or 'head' (full head)."),
+    name: Optional[str] = typer.Option(None, help="Name to store the model under."),
+    default: bool = typer.Option(False, "--default", help="Make it the default model."),
+):
+    """Convert a morphable model to facefit's native .npz format."""
+    from . import model_io
+
+    saved = model_io.import_model(kind, path, region=region, out=out, name=name, make_default=default)
+    typer.echo(str(saved))
+
+
+@model_app.command("info")
+def model_info(model: Optional[str] = typer.Argument(None, help="Model name or path (default: the default model).")):
+    """Show components, units, vertex/triangle counts, hash and what a model lacks."""
+    from rich.table import Table
+    from rich.console import Console
+
+    from . import model_io
+
+    info = model_io.model_info(model_io.resolve_model(model))
+    table = Table(show_header=False, box=None)
+    for k, v in info.items():
+        table.add_row(f"[bold]{k}[/bold]", str(v))
+    Console().print(table)
+
+
+@model_app.command("list")
+def model_list():
+    """List the models in the model store."""
+    from . import model_io
+
+    rows = model_io.list_models()
+    if not rows:
+        typer.echo(f"no models in {model_io.default_model_dir()} (run 'facefit model import' or 'facefit model fetch ict')")
+        return
+    for row in rows:
+        typer.echo("\t".join(str(x) for x in row.values()))
+
+
+@model_app.command("fetch")
+def model_fetch(
+    which: str = typer.Argument("ict", help="Which public model to download: ict."),
+    region: str = typer.Option("face", help="'face' or 'head'."),
+):
+    """Download a public morphable model (ICT-FaceKit, pinned commit, checksum verified) and import it."""
+    from . import model_io
+
+    if which != "ict":
+        raise FacefitError(f"unknown model '{which}': only 'ict' can be fetched; BFM and FLAME need a registration download, then 'facefit model import'")
+    typer.echo(str(model_io.fetch_ict(region=region)))
+
+
+# --------------------------------------------------------------------------- render
+
+
+@app.command("render")
+def render_cmd(
+    source: Optional[Path] = typer.Argument(None, help="A mesh (.obj/.ply/.glb) or coefficients (.npz/.json) to render."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output image (.png) or, with --turntable, a path prefix or a .gif/.mp4."),
+    random: bool = typer.Option(False, "--random", help="Render a random face from the default model instead of SOURCE."),
+    turntable: bool = typer.Option(False, "--turntable", help="Write an animated GIF, an MP4 and a PNG contact sheet."),
+    frames: int = typer.Option(36, min=2, max=720, help="Frames in the turntable."),
+    size: int = typer.Option(512, min=32, max=4096, help="Image size in pixels."),
+    lighting: str = typer.Option("studio", help="'studio' (fixed) or 'random' (random point lights and colour temperature)."),
+    yaw: float = typer.Option(0.0, help="Yaw in degrees for a still."),
+    model: Optional[str] = typer.Option(None, "--model", help="Morphable model for --random or coefficient files."),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Render a face as a still or a turntable."""
+    from . import turntable as tt
+
+    if random == (source is not None):
+        raise FacefitError("give either a mesh/coefficient file or --random")
+    mesh = tt.random_face_mesh(model, seed=seed) if random else tt.load_renderable(source, model)
+    if turntable:
+        written = tt.write_turntable(mesh, out, frames=frames, size=size, lighting=lighting, seed=seed)
+    else:
+        written = [tt.write_still(mesh, out, size=size, yaw=yaw, lighting=lighting, seed=seed)]
+    for p in written:
+        typer.echo(str(p))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console-script entry point: run the app, turning user errors into one line."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FacefitError as e:
+        _console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        _console().print("interrupted")
+        return 130
+    except SystemExit as e:  # typer.Exit inside standalone_mode=False
+        return int(e.code or 0)
+    except Exception as e:  # noqa: BLE001 - never show a traceback to users
+        name = type(e).__name__
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click/typer usage errors
+            e.show()  # type: ignore[attr-defined]
+            return int(getattr(e, "exit_code", 2))
+        if name == "Abort":
+            return 1
+        if os.environ.get("FACEFIT_DEBUG"):
+            raise
+        _console().print(f"[red]error:[/red] {name}: {e} (set FACEFIT_DEBUG=1 for details)", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

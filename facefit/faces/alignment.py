@@ -1,0 +1,754 @@
+"""Similarity alignment of faces to the crops recognition networks expect.
+
+Conventions
+-----------
+All coordinates are continuous pixel coordinates (docs/conventions.md): the centre of pixel
+(row i, col j) is at (u, v) = (j + 0.5, i + 0.5). An affine ``M`` (2, 3) always maps
+**image coordinates to crop coordinates** (the forward direction, like ``cv2.warpAffine``'s
+matrix, but in continuous coordinates): ``[u', v'] = M[:, :2] @ [u, v] + M[:, 2]``.
+Warping samples the image at ``M^-1`` of each crop pixel centre with bilinear interpolation;
+samples outside the image read zeros (black).
+
+Crops (``CROPS``)
+-----------------
+``"dlib_chip"`` (150 px)
+    dlib's face chip, ``dlib.get_face_chip(img, shape5, size=150, padding=0.25)``, as
+    computed by dlib's ``get_face_chip_details``: a least-squares similarity from dlib's
+    normalised template (5 points for the 5-point shape, the 33 nose/eye/upper-mouth points
+    of its mean face for a 68-point shape) scaled by ``(padding + p) / (1 + 2 padding) * size``
+    onto the landmarks; the chip then spans the rectangle of side ``scale * size`` around
+    the template centre (dlib maps the chip's corner *pixel centres* onto the rectangle's
+    corners, so the effective scale is ``(scale*size - 1) / (size - 1)``).
+    :func:`dlib_face_chip` reproduces dlib's extraction exactly, including the image
+    pyramid dlib uses when the face is more than twice the chip size.
+``"arcface_112"`` (112 px)
+    The standard 5-point ArcFace / InsightFace template (``ARCFACE_TEMPLATE_112``) fitted by
+    least squares (Umeyama without reflection); used by SFace.
+``"facenet_160"`` (160 px)
+    facenet_pytorch's MTCNN crop: the detector box grown by ``margin`` (in output pixels,
+    as ``extract_face`` does) and resized to ``size`` x ``size``. Unlike facenet_pytorch the
+    box is not clipped to the image (outside is black) nor rounded to integers.
+
+Rendered faces
+--------------
+:func:`align_rendered` cuts the same crops differentiably from rendered images, using 68
+projected model landmarks (dlib/iBUG order):
+
+* ``dlib_chip``: dlib's 5 points are taken from the 68 (:func:`dlib5_from_landmarks68`):
+  dlib's 5-point model marks the outer and inner corners of both eyes and the bottom of the
+  nose, i.e. 68-point indices (45, 42, 36, 39, 33) in dlib's 5-point order. Measured on
+  faces-dev, these points sit within 0.01 inter-ocular distances (mean) of the 5-point
+  model's own, and the chip they give differs from the 5-point chip by about 1% of the chip
+  size (2% for dlib's 68-point template), so they are the closer substitute.
+* ``arcface_112``: :func:`~facefit.faces.detection.landmarks5_from_68` (eye centres = mean
+  of the six eye-contour points, nose tip 30, mouth corners 48/54).
+* ``facenet_160``: a box derived from the landmarks (:func:`facenet_box_from_landmarks`).
+
+:func:`crop_for_net` uses the same landmark-derived points for photos (except dlib chips,
+which use dlib's real 5-point shape when present), so photo and render crops match.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facefit.faces.detection import landmarks5_from_68
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facefit.faces.detection import Face
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112",
+    "CROPS",
+    "DLIB5_FROM_68",
+    "align_rendered",
+    "arcface_transform",
+    "crop_for_net",
+    "crop_transform_from_landmarks68",
+    "dlib5_from_landmarks68",
+    "dlib_chip_transform",
+    "dlib_face_chip",
+    "facenet_box_from_landmarks",
+    "facenet_transform",
+    "invert_affine",
+    "similarity_transform",
+    "similarity_transform_torch",
+    "warp_image",
+    "warp_tensor",
+]
+
+#: Crop name -> default output size in pixels.
+CROPS = {"dlib_chip": 150, "arcface_112": 112, "facenet_160": 160}
+
+#: ArcFace/InsightFace 5-point template for 112x112 crops, in the published *pixel-index*
+#: coordinates (image-left eye, image-right eye, nose tip, image-left / image-right mouth
+#: corner). Add 0.5 for continuous coordinates.
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+# dlib's normalised template for its 5-point shape (get_face_chip_details).
+_DLIB_TEMPLATE_5 = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ],
+    dtype=np.float64,
+)
+
+# dlib's mean face shape for 68-point indices 17..67 (get_face_chip_details).
+_DLIB_MEAN_FACE_X = [
+    0.000213256, 0.0752622, 0.18113, 0.29077, 0.393397, 0.586856, 0.689483, 0.799124,
+    0.904991, 0.98004, 0.490127, 0.490127, 0.490127, 0.490127, 0.36688, 0.426036,
+    0.490127, 0.554217, 0.613373, 0.121737, 0.187122, 0.265825, 0.334606, 0.260918,
+    0.182743, 0.645647, 0.714428, 0.793132, 0.858516, 0.79751, 0.719335, 0.254149,
+    0.340985, 0.428858, 0.490127, 0.551395, 0.639268, 0.726104, 0.642159, 0.556721,
+    0.490127, 0.423532, 0.338094, 0.290379, 0.428096, 0.490127, 0.552157, 0.689874,
+    0.553364, 0.490127, 0.42689,
+]  # fmt: skip
+_DLIB_MEAN_FACE_Y = [
+    0.106454, 0.038915, 0.0187482, 0.0344891, 0.0773906, 0.0773906, 0.0344891,
+    0.0187482, 0.038915, 0.106454, 0.203352, 0.307009, 0.409805, 0.515625, 0.587326,
+    0.609345, 0.628106, 0.609345, 0.587326, 0.216423, 0.178758, 0.179852, 0.231733,
+    0.245099, 0.244077, 0.231733, 0.179852, 0.178758, 0.216423, 0.244077, 0.245099,
+    0.780233, 0.745405, 0.727388, 0.742578, 0.727388, 0.745405, 0.780233, 0.864805,
+    0.902192, 0.909281, 0.902192, 0.864805, 0.784792, 0.778746, 0.785343, 0.778746,
+    0.784792, 0.824182, 0.831803, 0.824182,
+]  # fmt: skip
+# dlib fits the 68-point chip on points 27..67 without the lower lip (55-59, 65-67).
+_DLIB_68_USED = np.array(
+    [i for i in range(27, 68) if not (55 <= i <= 59 or 65 <= i <= 67)], dtype=np.int64
+)
+_DLIB_TEMPLATE_68 = np.array(
+    [[_DLIB_MEAN_FACE_X[i - 17], _DLIB_MEAN_FACE_Y[i - 17]] for i in _DLIB_68_USED],
+    dtype=np.float64,
+)
+
+#: 68-point indices of dlib's 5 points (image-right eye outer, inner; image-left eye outer,
+#: inner; bottom of the nose).
+DLIB5_FROM_68 = (45, 42, 36, 39, 33)
+
+# facenet_160 box from 5 points: with e = eye midpoint, m = mouth-corner midpoint and
+# d = |m - e|, the box centre is e + (m - e) * FACENET_BOX[0] and its width / height are
+# FACENET_BOX[1] * d / FACENET_BOX[2] * d. Medians of MTCNN boxes against the 68-point
+# derived 5 points on 144 faces-dev photos (every 2nd photo; see docs/detection.md).
+FACENET_BOX = (0.295, 2.06, 2.75)
+
+
+# ---------------------------------------------------------------------------------------
+# small helpers
+
+
+def _as_tensor(x, dtype=torch.float64) -> tuple[torch.Tensor, bool]:
+    """(tensor, was_numpy)."""
+    if isinstance(x, torch.Tensor):
+        return x, False
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype), True
+
+
+def _back(t: torch.Tensor, was_numpy: bool):
+    return t.detach().cpu().numpy() if was_numpy else t
+
+
+def invert_affine(M):
+    """Inverse of a 2-D affine map.
+
+    Args:
+        M: (..., 2, 3) numpy array or tensor (differentiable).
+
+    Returns:
+        (..., 2, 3) of the same type.
+    """
+    t, was_np = _as_tensor(M)
+    a, b, tx = t[..., 0, 0], t[..., 0, 1], t[..., 0, 2]
+    c, d, ty = t[..., 1, 0], t[..., 1, 1], t[..., 1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    itx = -(ia * tx + ib * ty)
+    ity = -(ic * tx + id_ * ty)
+    out = torch.stack(
+        [torch.stack([ia, ib, itx], -1), torch.stack([ic, id_, ity], -1)], -2
+    )
+    return _back(out, was_np)
+
+
+def _apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ M[:, :2].T + M[:, 2]
+
+
+# ---------------------------------------------------------------------------------------
+# similarity fitting
+
+
+def similarity_transform_torch(
+    src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Least-squares 2-D similarity (rotation, uniform scale, translation; no reflection).
+
+    Closed form of Umeyama's estimate in 2-D: with centred points,
+    ``a = sum(s . d) / sum|s|^2``, ``b = sum(s x d) / sum|s|^2`` and ``A = [[a, -b], [b, a]]``.
+    Differentiable w.r.t. ``src`` and ``dst`` (no SVD).
+
+    Args:
+        src: (B, N, 2) source points (e.g. landmarks in the image).
+        dst: (N, 2) or (B, N, 2) target points (e.g. the crop template).
+        weights: optional (N,) or (B, N) non-negative point weights.
+
+    Returns:
+        (B, 2, 3) affine ``M`` with ``dst ~= src @ M[:, :, :2]^T + M[:, :, 2]``.
+    """
+    if src.dim() == 2:
+        src = src.unsqueeze(0)
+    dst = dst.to(src.dtype).to(src.device)
+    if dst.dim() == 2:
+        dst = dst.unsqueeze(0).expand(src.shape[0], -1, -1)
+    if weights is None:
+        w = torch.ones(src.shape[:2], dtype=src.dtype, device=src.device)
+    else:
+        w = weights.to(src.dtype).to(src.device)
+        if w.dim() == 1:
+            w = w.unsqueeze(0).expand(src.shape[0], -1)
+    w = w / w.sum(-1, keepdim=True)
+    ms = (w.unsqueeze(-1) * src).sum(1)  # (B, 2)
+    md = (w.unsqueeze(-1) * dst).sum(1)
+    s = src - ms.unsqueeze(1)
+    d = dst - md.unsqueeze(1)
+    ss = (w * (s * s).sum(-1)).sum(-1)  # (B,)
+    a = (w * (s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1])).sum(-1) / ss
+    b = (w * (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0])).sum(-1) / ss
+    tx = md[:, 0] - (a * ms[:, 0] - b * ms[:, 1])
+    ty = md[:, 1] - (b * ms[:, 0] + a * ms[:, 1])
+    return torch.stack([torch.stack([a, -b, tx], -1), torch.stack([b, a, ty], -1)], -2)
+
+
+def similarity_transform(src, dst, weights=None):
+    """numpy / torch front end of :func:`similarity_transform_torch`.
+
+    Args:
+        src: (N, 2) or (B, N, 2) points (numpy or tensor).
+        dst: (N, 2) or (B, N, 2).
+        weights: optional (N,) weights.
+
+    Returns:
+        (2, 3) for unbatched numpy input, else (B, 2, 3); numpy in -> numpy out.
+    """
+    s, was_np = _as_tensor(src)
+    d, _ = _as_tensor(dst)
+    w = None if weights is None else _as_tensor(weights)[0]
+    unbatched = s.dim() == 2
+    M = similarity_transform_torch(s, d.to(s), w)
+    if unbatched:
+        M = M[0]
+    return _back(M, was_np)
+
+
+# ---------------------------------------------------------------------------------------
+# crop transforms
+
+
+def dlib5_from_landmarks68(lm68):
+    """dlib 5-point shape from 68 landmarks: indices (45, 42, 36, 39, 33).
+
+    Args:
+        lm68: (..., 68, 2) numpy array or tensor.
+
+    Returns:
+        (..., 5, 2) of the same type.
+    """
+    return lm68[..., list(DLIB5_FROM_68), :]
+
+
+def _dlib_chip_params(points: torch.Tensor, size: int, padding: float):
+    """Centre (B, 2), scale (B,), rotation (cos, sin) (B,) of dlib's chip_details.
+
+    ``points`` are in dlib's pixel-index coordinates. Returns the parameters of dlib's
+    similarity chip -> image: centre = image position of chip point (size/2, size/2).
+    """
+    n = points.shape[-2]
+    if n == 5:
+        tmpl = torch.as_tensor(_DLIB_TEMPLATE_5, dtype=points.dtype, device=points.device)
+        pts = points
+    elif n == 68:
+        tmpl = torch.as_tensor(_DLIB_TEMPLATE_68, dtype=points.dtype, device=points.device)
+        pts = points[..., _DLIB_68_USED, :]
+    else:
+        raise ValueError(f"dlib chips need 5 or 68 landmarks, got {n}")
+    chip_pts = (padding + tmpl) / (2 * padding + 1) * size
+    S = similarity_transform_torch(chip_pts.unsqueeze(0).expand(pts.shape[0], -1, -1), pts)
+    a, b = S[:, 0, 0], S[:, 1, 0]
+    scale = torch.sqrt(a * a + b * b)
+    half = torch.tensor([size / 2.0, size / 2.0], dtype=points.dtype, device=points.device)
+    centre = S[:, :, :2] @ half + S[:, :, 2]
+    return centre, scale, a / scale, b / scale
+
+
+def dlib_chip_transform(points, size: int = 150, padding: float = 0.25):
+    """Image -> chip affine of dlib's ``get_face_chip(img, shape, size, padding)``.
+
+    Args:
+        points: dlib's 5-point shape (5, 2) (``Face.dlib5``) or 68 landmarks (68, 2), in
+            continuous pixel coordinates; batched (B, 5|68, 2) tensors are accepted too
+            (differentiable).
+        size: chip side in pixels.
+        padding: dlib's padding (0.25 for the recognition ResNet).
+
+    Returns:
+        (2, 3) numpy for numpy input, (B, 2, 3) tensor for tensor input. Matches dlib's
+        mapping exactly when dlib samples the full-resolution image (faces up to about
+        twice the chip size; see :func:`dlib_face_chip` for larger ones).
+    """
+    t, was_np = _as_tensor(points)
+    unbatched = t.dim() == 2
+    if unbatched:
+        t = t.unsqueeze(0)
+    centre, scale, cos, sin = _dlib_chip_params(t - 0.5, size, padding)
+    # chip index (x) -> image index: centre + k R (x - (size-1)/2), k = (scale*size-1)/(size-1)
+    # continuous: image_u = centre + 0.5 + k R (chip_u - size/2). Invert it:
+    inv_k = (size - 1) / (scale * size - 1)
+    r00, r01 = cos * inv_k, sin * inv_k
+    r10, r11 = -sin * inv_k, cos * inv_k
+    cx, cy = centre[:, 0] + 0.5, centre[:, 1] + 0.5
+    tx = size / 2.0 - (r00 * cx + r01 * cy)
+    ty = size / 2.0 - (r10 * cx + r11 * cy)
+    M = torch.stack([torch.stack([r00, r01, tx], -1), torch.stack([r10, r11, ty], -1)], -2)
+    if unbatched:
+        M = M[0]
+    return _back(M, was_np)
+
+
+def arcface_transform(landmarks5, size: int = 112):
+    """Image -> crop affine of the ArcFace 5-point alignment.
+
+    Args:
+        landmarks5: (5, 2) or (B, 5, 2) points in :attr:`Face.landmarks5` order (continuous
+            coordinates), numpy or tensor (differentiable).
+        size: crop side; the 112-px template is scaled by ``size / 112``.
+
+    Returns:
+        (2, 3) numpy or (B, 2, 3) tensor.
+    """
+    dst = (ARCFACE_TEMPLATE_112 + 0.5) * (size / 112.0)
+    if isinstance(landmarks5, torch.Tensor):
+        dst_t = torch.as_tensor(dst, dtype=landmarks5.dtype, device=landmarks5.device)
+        src = landmarks5 if landmarks5.dim() == 3 else landmarks5.unsqueeze(0)
+        M = similarity_transform_torch(src, dst_t)
+        return M if landmarks5.dim() == 3 else M[0]
+    return similarity_transform(np.asarray(landmarks5, np.float64), dst)
+
+
+def facenet_box_from_landmarks(landmarks):
+    """An MTCNN-like face box from 68 or 5 landmarks (constants :data:`FACENET_BOX`).
+
+    Args:
+        landmarks: (..., 68, 2) or (..., 5, 2) (``Face.landmarks5`` order), numpy or tensor.
+
+    Returns:
+        (..., 4) ``x0, y0, x1, y1`` of the same type (differentiable for tensors).
+    """
+    lm5 = landmarks5_from_68(landmarks) if landmarks.shape[-2] == 68 else landmarks
+    eyes = 0.5 * (lm5[..., 0, :] + lm5[..., 1, :])
+    mouth = 0.5 * (lm5[..., 3, :] + lm5[..., 4, :])
+    diff = mouth - eyes
+    if isinstance(lm5, torch.Tensor):
+        d = torch.sqrt((diff * diff).sum(-1))
+    else:
+        d = np.sqrt((diff * diff).sum(-1))
+    c = eyes + diff * FACENET_BOX[0]
+    hw = 0.5 * FACENET_BOX[1] * d
+    hh = 0.5 * FACENET_BOX[2] * d
+    parts = [c[..., 0] - hw, c[..., 1] - hh, c[..., 0] + hw, c[..., 1] + hh]
+    if isinstance(lm5, torch.Tensor):
+        return torch.stack(parts, -1)
+    return np.stack(parts, -1)
+
+
+def facenet_transform(box_or_landmarks, size: int = 160, margin: float = 0.0, square: bool = False):
+    """Image -> crop affine of facenet_pytorch's ``extract_face`` (box + margin, resized).
+
+    Args:
+        box_or_landmarks: (4,) box ``x0, y0, x1, y1``, or (68, 2) / (5, 2) landmarks (then
+            :func:`facenet_box_from_landmarks` gives the box); batched tensors (B, 4) /
+            (B, N, 2) give (B, 2, 3) (differentiable).
+        size: crop side.
+        margin: extra border in *output* pixels, as facenet_pytorch's ``margin`` (the box
+            grows by ``margin * w / (size - margin)`` in x, likewise in y).
+        square: first make the box square (side = max(w, h)) about its centre.
+
+    Returns:
+        (2, 3) numpy or (B, 2, 3) tensor (anisotropic scale when the box is not square).
+    """
+    t, was_np = _as_tensor(box_or_landmarks)
+    if t.shape[-1] == 2:  # landmarks
+        box = facenet_box_from_landmarks(t)
+    else:
+        box = t
+    unbatched = box.dim() == 1
+    if unbatched:
+        box = box.unsqueeze(0)
+    x0, y0, x1, y1 = box.unbind(-1)
+    if square:
+        cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+        side = torch.maximum(x1 - x0, y1 - y0)
+        x0, x1, y0, y1 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
+    mx = margin * (x1 - x0) / (size - margin)
+    my = margin * (y1 - y0) / (size - margin)
+    x0, x1, y0, y1 = x0 - mx / 2, x1 + mx / 2, y0 - my / 2, y1 + my / 2
+    sx, sy = size / (x1 - x0), size / (y1 - y0)
+    zero = torch.zeros_like(sx)
+    M = torch.stack(
+        [torch.stack([sx, zero, -sx * x0], -1), torch.stack([zero, sy, -sy * y0], -1)], -2
+    )
+    if unbatched:
+        M = M[0]
+    return _back(M, was_np)
+
+
+# ---------------------------------------------------------------------------------------
+# warping
+
+
+def warp_tensor(images: torch.Tensor, M: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Differentiable affine crop of image tensors (``F.affine_grid`` + ``F.grid_sample``).
+
+    Bilinear, zeros outside the image, ``align_corners=False`` so that normalised -1/+1 are
+    the outer pixel *edges*, which is exactly the continuous pixel convention (u = 0 .. W).
+    Gradients flow to ``images`` and to ``M`` (hence to landmarks when ``M`` is computed from
+    them with the differentiable transforms of this module). No anti-aliasing: keep faces
+    within about twice the crop size.
+
+    Args:
+        images: (B, C, H, W) float.
+        M: (B, 2, 3) (or (2, 3), broadcast) image -> crop affine in continuous coordinates.
+        size: crop side S, or (S_h, S_w).
+
+    Returns:
+        (B, C, S_h, S_w).
+    """
+    if isinstance(size, int):
+        sh = sw = size
+    else:
+        sh, sw = int(size[0]), int(size[1])
+    b, _, h, w = images.shape
+    M = M.to(dtype=images.dtype, device=images.device)
+    if M.dim() == 2:
+        M = M.unsqueeze(0).expand(b, -1, -1)
+    Minv = invert_affine(M)  # crop -> image
+    # normalised crop -> crop pixels: u' = (x' + 1) * sw / 2
+    dt, dv = images.dtype, images.device
+    out_from_norm = torch.tensor(
+        [[sw / 2.0, 0.0, sw / 2.0], [0.0, sh / 2.0, sh / 2.0], [0.0, 0.0, 1.0]], dtype=dt, device=dv
+    )
+    # image pixels -> normalised image: x = 2u / W - 1
+    norm_from_img = torch.tensor([[2.0 / w, 0.0, -1.0], [0.0, 2.0 / h, -1.0]], dtype=dt, device=dv)
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=dt, device=dv).expand(b, 1, 3)
+    Minv3 = torch.cat([Minv, bottom], 1)  # (B, 3, 3)
+    theta = norm_from_img @ Minv3 @ out_from_norm  # (B, 2, 3)
+    grid = F.affine_grid(theta, [b, images.shape[1], sh, sw], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _pyramid_down(img: np.ndarray) -> np.ndarray:
+    """dlib's ``pyramid_down<2>``: 5x5 binomial filter [1 4 6 4 1]^2 / 256, every 2nd pixel.
+
+    Output pixel (r, c) is centred on input index (2r + 2, 2c + 2); the output is
+    ((H-3)//2, (W-3)//2, C). uint8 input is summed in integers and floor-divided by 256
+    like dlib; float input is filtered exactly.
+    """
+    h, w = img.shape[:2]
+    oh, ow = (h - 3) // 2, (w - 3) // 2
+    if oh <= 0 or ow <= 0:
+        raise ValueError("image too small for a pyramid level")
+    integer = img.dtype == np.uint8
+    x = img.astype(np.int64 if integer else np.float64)
+    k = (1, 4, 6, 4, 1)
+    rows = sum(k[i] * x[:, i : i + 2 * ow : 2] for i in range(5))  # (h, ow, C)
+    out = sum(k[i] * rows[i : i + 2 * oh : 2] for i in range(5))  # (oh, ow, C)
+    if integer:
+        return (out // 256).astype(np.uint8)
+    return out / 256.0
+
+
+def _bilinear_zero_pad(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear samples at pixel-index coordinates (x, y); outside pixels count as 0.
+
+    Args:
+        img: (H, W, C); x, y: (...) float arrays.
+
+    Returns:
+        (..., C) float64.
+    """
+    h, w = img.shape[:2]
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    out = np.zeros(x.shape + (img.shape[2],), np.float64)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xi, yi = x0 + dx, y0 + dy
+            ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            vals = img[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)].astype(np.float64)
+            out += (wx * wy * ok)[..., None] * vals
+    return out
+
+
+def warp_image(
+    image: np.ndarray, M: np.ndarray, size: int | Sequence[int], antialias: bool = True
+) -> np.ndarray:
+    """Affine crop of a numpy image (same sampling as :func:`warp_tensor`).
+
+    Args:
+        image: (H, W, C) uint8 or float.
+        M: (2, 3) image -> crop affine (continuous coordinates).
+        size: crop side S or (S_h, S_w).
+        antialias: when the crop shrinks the image by more than 2x, first reduce the image
+            with dlib-style binomial pyramid levels (exact geometry) until it does not.
+
+    Returns:
+        (S_h, S_w, C) with the input dtype (uint8 is rounded and clipped).
+    """
+    if isinstance(size, int):
+        sh = sw = size
+    else:
+        sh, sw = int(size[0]), int(size[1])
+    img = image if image.ndim == 3 else image[:, :, None]
+    M = np.asarray(M, np.float64)
+    Minv = invert_affine(M)
+    jj, ii = np.meshgrid(np.arange(sw) + 0.5, np.arange(sh) + 0.5)
+    u = Minv[0, 0] * jj + Minv[0, 1] * ii + Minv[0, 2]
+    v = Minv[1, 0] * jj + Minv[1, 1] * ii + Minv[1, 2]
+    src = img
+    if antialias:
+        shrink = 1.0 / math.sqrt(abs(np.linalg.det(M[:, :2])))
+        if shrink > 2.0:
+            # crop to the sampled region (+ filter margin) before building levels
+            levels = int(math.floor(math.log2(shrink)))
+            pad = 4 * 2**levels
+            h, w = img.shape[:2]
+            x_lo = int(max(0, math.floor(u.min()) - pad))
+            x_hi = int(min(w, math.ceil(u.max()) + pad))
+            y_lo = int(max(0, math.floor(v.min()) - pad))
+            y_hi = int(min(h, math.ceil(v.max()) + pad))
+            if x_hi - x_lo > 8 and y_hi - y_lo > 8:
+                src = img[y_lo:y_hi, x_lo:x_hi].astype(np.float64)
+                u, v = u - x_lo, v - y_lo
+                for _ in range(levels):
+                    if min(src.shape[:2]) < 12:
+                        break
+                    src = _pyramid_down(src)
+                    # level pixel c is centred on input index 2c + 2: u = 2 u_d + 1.5
+                    u, v = (u - 1.5) / 2.0, (v - 1.5) / 2.0
+    out = _bilinear_zero_pad(src, u - 0.5, v - 0.5)
+    if image.dtype == np.uint8:
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    else:
+        out = out.astype(image.dtype)
+    return out if image.ndim == 3 else out[:, :, 0]
+
+
+def dlib_face_chip(image: np.ndarray, points, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """Exact re-implementation of ``dlib.get_face_chip(image, shape, size, padding)``.
+
+    Follows dlib's ``extract_image_chips``: the chip rectangle from
+    :func:`dlib_chip_transform`'s similarity; when the rectangle is more than twice the chip
+    size, dlib's ``pyramid_down<2>`` levels of the (grown, clipped) bounding box are built
+    and the chip is sampled from the level dlib picks, with dlib's own level-to-level point
+    mapping (``p/2 - (1.25, 0.75)``); bilinear sampling where all four neighbours are inside,
+    black elsewhere.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        points: dlib 5-point shape (5, 2) or 68 landmarks (68, 2), continuous coordinates
+            (``Face.dlib5`` / ``Face.landmarks68``).
+        size: chip side.
+        padding: dlib's padding.
+
+    Returns:
+        (size, size, 3) uint8.
+    """
+    img = np.ascontiguousarray(image)
+    H, W = img.shape[:2]
+    pts = torch.as_tensor(np.asarray(points, np.float64) - 0.5).unsqueeze(0)
+    centre, scale, cos, sin = _dlib_chip_params(pts, size, padding)
+    cx, cy = float(centre[0, 0]), float(centre[0, 1])
+    s, c_, s_ = float(scale[0]), float(cos[0]), float(sin[0])
+    half = (s * size - 1) / 2.0  # dlib centered_drect(width w) spans w - 1
+    rect = (cx - half, cy - half, cx + half, cy + half)  # l, t, r, b
+    chip_area = size * size
+
+    def area(r):
+        if r[0] > r[2] or r[1] > r[3]:
+            return 0.0
+        return (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
+
+    def down(r):
+        return (r[0] / 2 - 1.25, r[1] / 2 - 0.75, r[2] / 2 - 1.25, r[3] / 2 - 0.75)
+
+    depth, grow = 0, 2.0
+    r = down(rect)
+    while area(r) > chip_area:
+        r = down(r)
+        depth += 1
+        grow = grow * 2 + 2
+
+    def rot(p, ctr):
+        dx, dy = p[0] - ctr[0], p[1] - ctr[1]
+        return (c_ * dx - s_ * dy + ctr[0], s_ * dx + c_ * dy + ctr[1])
+
+    ctr = ((rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2)
+    corners = [rot(p, ctr) for p in ((rect[0], rect[1]), (rect[2], rect[1]), (rect[0], rect[3]), (rect[2], rect[3]))]
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+    bb = (
+        max(min(xs) - grow, 0.0),
+        max(min(ys) - grow, 0.0),
+        min(max(xs) + grow, W - 1.0),
+        min(max(ys) + grow, H - 1.0),
+    )
+    bl, bt, br, bb_ = (int(math.floor(v + 0.5)) for v in bb)
+    if br < bl or bb_ < bt:
+        return np.zeros((size, size, 3), np.uint8)
+    src = img[bt : bb_ + 1, bl : br + 1]
+
+    level = -1
+    r = (rect[0] - bl, rect[1] - bt, rect[2] - bl, rect[3] - bt)
+    while area(down(r)) > chip_area:
+        level += 1
+        r = down(r)
+    for _ in range(level + 1):
+        if src.shape[0] <= 8 or src.shape[1] <= 8:
+            return np.zeros((size, size, 3), np.uint8)
+        src = _pyramid_down(src)
+
+    # chip (0,0), (size-1,0), (0,size-1) -> rotated corners of r about its centre
+    ctr = ((r[0] + r[2]) / 2, (r[1] + r[3]) / 2)
+    p00 = np.array(rot((r[0], r[1]), ctr))
+    p10 = np.array(rot((r[2], r[1]), ctr))
+    p01 = np.array(rot((r[0], r[3]), ctr))
+    ex, ey = (p10 - p00) / (size - 1), (p01 - p00) / (size - 1)
+    jj, ii = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))
+    x = p00[0] + ex[0] * jj + ey[0] * ii
+    y = p00[1] + ex[1] * jj + ey[1] * ii
+
+    h, w = src.shape[:2]
+    x0 = np.floor(x).astype(np.int64)
+    y0 = np.floor(y).astype(np.int64)
+    inside = (x0 >= 0) & (y0 >= 0) & (x0 + 1 < w) & (y0 + 1 < h)
+    x0c, y0c = np.clip(x0, 0, max(w - 2, 0)), np.clip(y0, 0, max(h - 2, 0))
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    f = src.astype(np.float64)
+    tl, tr = f[y0c, x0c], f[y0c, np.minimum(x0c + 1, w - 1)]
+    bl_, br_ = f[np.minimum(y0c + 1, h - 1), x0c], f[np.minimum(y0c + 1, h - 1), np.minimum(x0c + 1, w - 1)]
+    val = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl_ + fx * br_)
+    # dlib's assign_pixel(uint8, double) truncates
+    out = np.clip(np.floor(val + 1e-9), 0, 255).astype(np.uint8)
+    out[~inside] = 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# high-level
+
+
+def _crop_size(crop: str, size: int | None) -> int:
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {tuple(CROPS)}")
+    return CROPS[crop] if size is None else int(size)
+
+
+def crop_transform_from_landmarks68(landmarks68, crop: str, size: int | None = None):
+    """Image -> crop affine for ``crop`` from 68 landmarks (the rule :func:`align_rendered`
+    uses).
+
+    Args:
+        landmarks68: (68, 2) numpy or (B, 68, 2) tensor (differentiable).
+        crop: "dlib_chip", "arcface_112" or "facenet_160".
+        size: crop side (default per crop).
+
+    Returns:
+        (2, 3) numpy or (B, 2, 3) tensor.
+    """
+    size = _crop_size(crop, size)
+    if crop == "dlib_chip":
+        return dlib_chip_transform(dlib5_from_landmarks68(landmarks68), size=size)
+    if crop == "arcface_112":
+        return arcface_transform(landmarks5_from_68(landmarks68), size=size)
+    return facenet_transform(landmarks68, size=size)
+
+
+def align_rendered(
+    images: torch.Tensor, landmarks68: torch.Tensor, crop: str = "dlib_chip", size: int | None = None
+) -> torch.Tensor:
+    """Differentiable recognition crops of rendered faces.
+
+    Args:
+        images: (B, 3, H, W) float renders.
+        landmarks68: (B, 68, 2) projected model landmark vertices (u, v) in pixels of
+            ``images`` (dlib/iBUG order).
+        crop: "dlib_chip" (150), "arcface_112" (112) or "facenet_160" (160); how the points
+            are derived is described in the module docstring.
+        size: crop side (default per crop).
+
+    Returns:
+        (B, 3, S, S); differentiable w.r.t. ``images`` and ``landmarks68``.
+    """
+    size = _crop_size(crop, size)
+    lm = landmarks68.to(images.dtype)
+    M = crop_transform_from_landmarks68(lm, crop, size)
+    return warp_tensor(images, M, size)
+
+
+def crop_for_net(
+    image: np.ndarray,
+    face: "Face",
+    net_crop: str,
+    size: int | None = None,
+    *,
+    dlib_exact: bool = True,
+) -> np.ndarray:
+    """Recognition crop of a detected face in a photo.
+
+    * ``dlib_chip``: dlib's real 5-point shape (``face.dlib5``) when present, else
+      :func:`dlib5_from_landmarks68`; extracted with :func:`dlib_face_chip` (bit-exact dlib
+      emulation) or, with ``dlib_exact=False``, :func:`warp_image`.
+    * ``arcface_112``: 5 points from the 68 landmarks when present (as for renders), else
+      ``face.landmarks5``.
+    * ``facenet_160``: box from the landmarks (as for renders).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        face: a :class:`~facefit.faces.detection.Face` from this image.
+        net_crop: crop name (see ``CROPS``).
+        size: crop side (default per crop).
+
+    Returns:
+        (S, S, 3) uint8.
+    """
+    size = _crop_size(net_crop, size)
+    lm68 = face.landmarks68
+    if net_crop == "dlib_chip":
+        pts = face.dlib5 if face.dlib5 is not None else (
+            dlib5_from_landmarks68(lm68) if lm68 is not None else None
+        )
+        if pts is None:
+            raise ValueError("dlib chips need Face.dlib5 or Face.landmarks68")
+        if dlib_exact:
+            return dlib_face_chip(image, pts, size=size)
+        return warp_image(image, dlib_chip_transform(pts, size=size), size)
+    if net_crop == "arcface_112":
+        lm5 = landmarks5_from_68(lm68) if lm68 is not None else face.landmarks5
+        return warp_image(image, arcface_transform(lm5, size=size), size)
+    src = lm68 if lm68 is not None else face.landmarks5
+    return warp_image(image, facenet_transform(src, size=size), size)

@@ -1,0 +1,153 @@
+"""The common interface of face-recognition networks, plus small shared helpers.
+
+Every network takes aligned face crops as a float tensor ``(B, 3, S, S)``, RGB, values in
+``[0, 1]`` (``S`` = the net's ``input_size``) and converts them to its own input
+normalisation internally. The kind of alignment a network expects is named by its
+``crop`` attribute (one of :data:`CROPS`); producing that crop is the job of
+:mod:`facefit.faces`, not of the networks.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Names of the face alignments ("crops") that networks can ask for.
+#:
+#: - ``"dlib_chip"``: dlib ``get_face_chip`` from the 5-point landmarks, size 150,
+#:   padding 0.25.
+#: - ``"facenet_160"``: MTCNN-style crop of the detection box with a margin, resized to
+#:   160x160.
+#: - ``"arcface_112"``: 5-point similarity alignment to the standard ArcFace/SFace
+#:   112x112 template.
+CROPS = ("dlib_chip", "facenet_160", "arcface_112")
+
+
+def cache_dir() -> Path:
+    """Directory for facefit's derived, re-creatable files (parsed or repaired models).
+
+    ``$FACEFIT_CACHE`` if set, else ``platformdirs.user_cache_dir("facefit")``. Created if
+    missing.
+    """
+    env = os.environ.get("FACEFIT_CACHE")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_cache_dir("facefit"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Create ``path`` by calling ``write(tmp_path)`` and renaming, so readers never see
+    a half-written file. Errors (e.g. a read-only cache) are swallowed: caching is an
+    optimisation only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def check_images(images: torch.Tensor, size: int, who: str) -> None:
+    """Raise ``ValueError`` unless ``images`` is a float tensor of shape (B, 3, size, size)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{who}: expected a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != size or images.shape[3] != size:
+        raise ValueError(
+            f"{who}: expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise TypeError(f"{who}: expected float images in [0, 1], got dtype {images.dtype}")
+
+
+class RecognitionNet(nn.Module, abc.ABC):
+    """A frozen face-recognition network behind one interface.
+
+    Attributes:
+        name: registry name, e.g. ``"dlib"``.
+        input_size: side S of the square crop the net takes.
+        crop: the alignment the net expects (one of :data:`CROPS`).
+        feature_dim: D, size of :meth:`features`.
+        embedding_dim: E, size of :meth:`embed`.
+        differentiable: whether gradients flow from the outputs to the input images.
+
+    Networks are frozen: parameters do not require gradients and the module always stays
+    in inference mode (``train()`` is ignored), so batch-norm uses its running statistics
+    and dropout is off. Gradients still flow to the input images when ``differentiable``.
+    """
+
+    name: str = ""
+    input_size: int = 0
+    crop: str = ""
+    feature_dim: int = 0
+    embedding_dim: int = 0
+    differentiable: bool = True
+
+    def freeze(self) -> "RecognitionNet":
+        """Stop parameter gradients and switch to inference mode; returns self."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+        return self
+
+    def train(self, mode: bool = True) -> "RecognitionNet":  # noqa: D401 - nn.Module API
+        """Ignored: recognition networks always run in inference mode."""
+        return super().train(False)
+
+    @abc.abstractmethod
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features.
+
+        Args:
+            images: (B, 3, S, S) float RGB in [0, 1], aligned with ``self.crop``.
+        Returns:
+            (B, D) float features, D = ``self.feature_dim``.
+        """
+
+    @abc.abstractmethod
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Identity embedding of unit length.
+
+        Args:
+            images: (B, 3, S, S) float RGB in [0, 1], aligned with ``self.crop``.
+        Returns:
+            (B, E) unit vectors, E = ``self.embedding_dim``.
+        """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`embed`: (B, 3, S, S) -> (B, E) unit vectors."""
+        return self.embed(images)
+
+    @staticmethod
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        """L2-normalise rows: (B, E) -> (B, E) unit vectors (eps-safe)."""
+        return F.normalize(x, p=2, dim=1, eps=1e-12)
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, input_size={self.input_size}, crop={self.crop!r}, "
+            f"feature_dim={self.feature_dim}, embedding_dim={self.embedding_dim}, "
+            f"differentiable={self.differentiable}"
+        )

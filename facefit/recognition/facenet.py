@@ -1,0 +1,218 @@
+"""FaceNet (Inception-ResNet-v1, VGGFace2 weights) from ``facenet_pytorch``.
+
+``facenet_pytorch`` downloads its weights when asked for ``pretrained="vggface2"``, which
+fails offline, so the architecture is built with ``pretrained=None`` and the state dict is
+loaded here (``torch.load(..., weights_only=True)``) from, in order:
+
+1. the ``weights=`` argument,
+2. ``$FACEFIT_FACENET_WEIGHTS``,
+3. the file ``facenet_pytorch`` itself caches: ``<torch home>/checkpoints/
+   20180402-114759-vggface2.pt`` (torch home = ``$TORCH_HOME``, else
+   ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``), then the same file name in
+   ``torch.hub.get_dir()/checkpoints``.
+
+The file can be fetched from :data:`FACENET_VGGFACE2_URL`.
+
+``facenet_pytorch`` is usually installed with ``--no-deps`` (its pins conflict with
+current torch); its model module imports ``requests`` and ``tqdm`` at the top only for
+downloading. When those are missing, they are replaced by inert stand-ins for the
+duration of the import (see :func:`import_inception_resnet_v1`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidFileError, ModelNotFoundError
+from .base import RecognitionNet, check_images
+
+FACENET_VGGFACE2_FILE = "20180402-114759-vggface2.pt"
+FACENET_VGGFACE2_URL = (
+    "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/" + FACENET_VGGFACE2_FILE
+)
+FACENET_WEIGHTS_ENV = "FACEFIT_FACENET_WEIGHTS"
+
+
+def _stub_module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    mod.__facefit_stub__ = True
+    return mod
+
+
+def import_inception_resnet_v1() -> type:
+    """Return ``facenet_pytorch.InceptionResnetV1``.
+
+    If ``requests`` or ``tqdm`` (used by facenet_pytorch only to download weights) are not
+    installed, inert stand-in modules are put in ``sys.modules`` for the import and removed
+    afterwards.
+
+    Raises:
+        ModelNotFoundError: ``facenet_pytorch`` is not installed.
+    """
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        raise ModelNotFoundError(
+            "FaceNet needs facenet_pytorch: pip install --no-deps facenet-pytorch"
+        )
+    if "facenet_pytorch" in sys.modules:
+        return sys.modules["facenet_pytorch"].InceptionResnetV1
+
+    class _Unavailable:  # stands in for requests' HTTPAdapter and tqdm's progress bar
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("facefit loaded facenet_pytorch without requests/tqdm: no downloads")
+
+    stubs = {}
+    if importlib.util.find_spec("requests") is None:
+        adapters = _stub_module("requests.adapters", HTTPAdapter=_Unavailable)
+        stubs["requests"] = _stub_module("requests", adapters=adapters)
+        stubs["requests.adapters"] = adapters
+    if importlib.util.find_spec("tqdm") is None:
+        auto = _stub_module("tqdm.auto", tqdm=_Unavailable)
+        stubs["tqdm"] = _stub_module("tqdm", tqdm=_Unavailable, auto=auto)
+        stubs["tqdm.auto"] = auto
+    for name, mod in stubs.items():
+        sys.modules.setdefault(name, mod)
+    try:
+        module = importlib.import_module("facenet_pytorch")
+    except ImportError as exc:
+        for name in [n for n in sys.modules if n == "facenet_pytorch" or n.startswith("facenet_pytorch.")]:
+            del sys.modules[name]
+        raise ModelNotFoundError(f"FaceNet: facenet_pytorch failed to import ({exc})") from exc
+    finally:
+        for name, mod in stubs.items():
+            if sys.modules.get(name) is mod:
+                del sys.modules[name]
+    return module.InceptionResnetV1
+
+
+def facenet_pytorch_checkpoint_dir() -> Path:
+    """The folder where facenet_pytorch caches downloaded weights: ``<torch home>/checkpoints``."""
+    torch_home = os.getenv("TORCH_HOME") or os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(torch_home)) / "checkpoints"
+
+
+def facenet_weight_candidates() -> list[Path]:
+    """Default places searched for the VGGFace2 weights, most preferred first."""
+    paths = [facenet_pytorch_checkpoint_dir() / FACENET_VGGFACE2_FILE]
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / FACENET_VGGFACE2_FILE
+    if hub not in paths:
+        paths.append(hub)
+    return paths
+
+
+def resolve_facenet_weights(weights: str | os.PathLike | None = None) -> Path:
+    """Find the FaceNet state-dict file (see the module docstring for the search order).
+
+    Raises:
+        ModelNotFoundError: no file found; the message says where to put it.
+    """
+    if weights is None:
+        weights = os.environ.get(FACENET_WEIGHTS_ENV) or None
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"FaceNet weights not found: {path}")
+        return path
+    candidates = facenet_weight_candidates()
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"FaceNet weights not found: download {FACENET_VGGFACE2_URL} to {candidates[0]} "
+        f"or set {FACENET_WEIGHTS_ENV}"
+    )
+
+
+def load_facenet_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a FaceNet state dict safely (``weights_only=True``), dropping classifier keys.
+
+    The released VGGFace2 file also holds ``logits.*`` (an 8631-way classifier), which the
+    embedding model does not use.
+
+    Raises:
+        InvalidFileError: unreadable file or not a state dict.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, refused globals
+        raise InvalidFileError(f"FaceNet weights {path}: cannot load ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidFileError(f"FaceNet weights {path}: not a state dict of tensors")
+    return {k: v for k, v in state.items() if not k.startswith("logits.")}
+
+
+def facenet_standardize(images: torch.Tensor) -> torch.Tensor:
+    """FaceNet's fixed standardisation: (x*255 - 127.5) / 128.
+
+    Args:
+        images: (B, 3, H, W) RGB in [0, 1].
+    Returns:
+        (B, 3, H, W).
+    """
+    return (images * 255.0 - 127.5) / 128.0
+
+
+class FaceNet(RecognitionNet):
+    """FaceNet Inception-ResNet-v1 trained on VGGFace2 (facenet_pytorch's weights).
+
+    Input: 160x160 ``facenet_160`` crops (MTCNN-style box crop with margin).
+
+    - :meth:`features`: (B, 512) bottleneck = output of ``last_bn`` (batch norm, inference
+      statistics) after ``last_linear`` (1792 -> 512, no bias) applied to the globally
+      average-pooled ``block8`` activations; i.e. facenet_pytorch's embedding just before
+      its L2 normalisation.
+    - :meth:`embed`: the same, L2-normalised (facenet_pytorch's ``forward`` output).
+
+    Args:
+        weights: state-dict path (see :func:`resolve_facenet_weights`); ``False`` for
+            random weights (tests).
+    Raises:
+        ModelNotFoundError: weights or facenet_pytorch missing.
+        InvalidFileError: the weight file does not fit the architecture.
+    """
+
+    name = "facenet"
+    input_size = 160
+    crop = "facenet_160"
+    feature_dim = 512
+    embedding_dim = 512
+    differentiable = True
+
+    def __init__(self, weights: str | os.PathLike | bool | None = None):
+        super().__init__()
+        InceptionResnetV1 = import_inception_resnet_v1()
+        state = None
+        if weights is not False:  # find and read the weights before building the model
+            path = resolve_facenet_weights(None if weights in (None, True) else weights)
+            state = load_facenet_state(path)
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        if state is not None:
+            try:
+                self.net.load_state_dict(state)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise InvalidFileError(f"FaceNet weights {path}: do not fit the model ({first})") from exc
+        self.freeze()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 160, 160) RGB [0, 1] -> (B, 512) bottleneck before L2 normalisation."""
+        check_images(images, self.input_size, "FaceNet")
+        n = self.net
+        x = facenet_standardize(images)
+        for layer in (n.conv2d_1a, n.conv2d_2a, n.conv2d_2b, n.maxpool_3a, n.conv2d_3b,
+                      n.conv2d_4a, n.conv2d_4b, n.repeat_1, n.mixed_6a, n.repeat_2,
+                      n.mixed_7a, n.repeat_3, n.block8, n.avgpool_1a):
+            x = layer(x)
+        x = n.last_linear(x.flatten(1))  # dropout is the identity in inference mode
+        return n.last_bn(x)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 160, 160) RGB [0, 1] -> (B, 512) unit vectors."""
+        return self.normalize(self.features(images))

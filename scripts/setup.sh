@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up facefit in a virtual environment (.venv by default) from PyPI wheels only.
+# Usage: bash scripts/setup.sh [VENV_DIR]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${1:-$here/.venv}"
+py="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+# torch/torchvision: any recent release; on the facefit dev machines pip takes the
+# pinned builds from local disk.
+"$venv/bin/python" -m pip install -q -e "$here[test]"
+# facenet-pytorch pins torch<2.3 and numpy<2 although it works with newer ones;
+# install it without its pins (it provides MTCNN and the FaceNet architecture).
+"$venv/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0"
+"$venv/bin/facefit" --version
