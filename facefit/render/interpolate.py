@@ -86,8 +86,10 @@ def _face_normals_soa(soa: torch.Tensor, faces: torch.Tensor, B: int, V: int) ->
 def _vertex_normals_soa(soa: torch.Tensor, faces: torch.Tensor, B: int, V: int, eps: float = 1e-12) -> torch.Tensor:
     """(3, B*V) vertices -> (3, B*V) unit area-weighted vertex normals."""
     fn = _face_normals_soa(soa, faces, B, V)  # (3, BF)
-    vid = _corner_index(faces, B, V).reshape(-1)  # (3BF,)
-    n = soa.new_zeros(3, B * V).index_add(1, vid, fn.repeat(1, 3))
+    vid = _corner_index(faces, B, V)  # (3, BF)
+    n = soa.new_zeros(3, B * V)
+    for k in range(3):  # each face normal goes to its three corners
+        n = n.index_add(1, vid[k], fn)
     nx, ny, nz = n.unbind(0)
     inv = torch.rsqrt((nx * nx + ny * ny + nz * nz).clamp_min(eps * eps))
     return n * inv

@@ -230,7 +230,7 @@ def visibility_torch(
     qmax = 2**qbits - 1
     izmax = float(torch.maximum(torch.maximum(iz0, iz1), iz2).max())
     izmin = float(torch.minimum(torch.minimum(iz0, iz1), iz2).min())
-    qscale = qmax / max(izmax - izmin, 1e-30)
+    inv_range = 1.0 / max(izmax - izmin, 1e-30)
 
     # sort triangles by box shape: group g = (nx-1)*small_box + (ny-1) for small boxes, one
     # last group for the rest; afterwards every group is a contiguous slice.
@@ -245,7 +245,8 @@ def visibility_torch(
     zbuf = torch.full((B * H * W,), _INT64_MAX, dtype=torch.int64, device=device)
 
     def emit(inside, izv, pix, f):
-        q = ((izmax - izv[inside]) * qscale).clamp_(0, qmax).long()
+        # normalise to [0, 1] first so that nothing overflows in float32, then quantise
+        q = ((izmax - izv[inside]) * inv_range).clamp_(0.0, 1.0).mul_(qmax).long()
         key = (q << fbits) | f[inside]
         zbuf.scatter_reduce_(0, pix[inside], key, reduce="amin", include_self=True)
 

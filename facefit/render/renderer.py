@@ -146,6 +146,11 @@ def _background(background, B: int, H: int, W: int, ref: torch.Tensor) -> torch.
     return out.clamp(0.0, 1.0).contiguous()
 
 
+def _per_pixel_rows(x: torch.Tensor, bidx: torch.Tensor) -> torch.Tensor:
+    """(B, K) per-image values -> (K, N) per-pixel rows (contiguous)."""
+    return x.contiguous().index_select(0, bidx).t().contiguous()
+
+
 def render(
     verts: torch.Tensor,
     faces: torch.Tensor,
@@ -231,10 +236,10 @@ def render(
         pos,
         nrm,
         kd,
-        lights.positions.permute(1, 2, 0).index_select(2, bidx),  # (L, 3, N)
-        lights.intensities.t().index_select(1, bidx),  # (L, N)
+        _per_pixel_rows(lights.positions.reshape(B, -1), bidx).view(-1, 3, bidx.numel()),  # (L, 3, N)
+        _per_pixel_rows(lights.intensities, bidx),  # (L, N)
         lights.ambient.index_select(0, bidx),
-        light_color.to(device=dev, dtype=dt).t().index_select(1, bidx),  # (3, N)
+        _per_pixel_rows(light_color.to(device=dev, dtype=dt), bidx),  # (3, N)
         per_pixel(shininess),
         per_pixel(specular),
     ).clamp(0.0, 1.0)  # (3, N)

@@ -296,12 +296,13 @@ def phong_shade(
     dt, dev = positions.dtype, positions.device
     soa = lambda x: x.reshape(-1, 3).t()  # noqa: E731  (B*S, 3) -> (3, B*S)
     lights = lights.to(device=dev, dtype=dt)
-    lp = lights.positions.permute(1, 2, 0).index_select(2, bidx)  # (L, 3, N)
-    li = lights.intensities.t().index_select(1, bidx)  # (L, N)
+    rows = lambda x: x.contiguous().index_select(0, bidx).t().contiguous()  # noqa: E731  (B, K) -> (K, N)
+    lp = rows(lights.positions.reshape(B, -1)).view(-1, 3, bidx.numel())  # (L, 3, N)
+    li = rows(lights.intensities)  # (L, N)
     amb = lights.ambient.index_select(0, bidx)
     if light_color is None:
         light_color = positions.new_ones(B, 3)
-    col = light_color.to(dt).t().index_select(1, bidx)
+    col = rows(light_color.to(device=dev, dtype=dt))
 
     def per_pixel(x):
         x = torch.as_tensor(x, dtype=dt, device=dev)
