@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from facefit.render import Camera, frame_face, random_render_params, render  # noqa: E402
+from facefit.render import frame_face, random_render_params, render  # noqa: E402
 
 
 def icosphere(subdiv: int, radius: float = 90.0):

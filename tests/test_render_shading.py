@@ -1,4 +1,5 @@
 """Phong shading, lights and colour temperature."""
+import pytest
 import torch
 
 from facefit.errors import FacefitError
@@ -9,7 +10,6 @@ from facefit.render import (
     sample_light_colors,
     sample_lights,
 )
-import pytest
 
 
 def _lights(pos, intens, amb):

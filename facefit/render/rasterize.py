@@ -30,7 +30,7 @@ face has a *negative* signed area ``(u1-u0)(v2-v0) - (u2-u0)(v1-v0)`` in screen 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -191,18 +191,31 @@ def visibility_torch(
     u0, u1, u2, v0, v1, v2, z0, z1, z2 = g.unbind(0)
 
     # pixel j is a candidate when its centre j + 0.5 lies in [min, max]
-    x0 = torch.ceil(torch.minimum(torch.minimum(u0, u1), u2) - 0.5).clamp_(min=0)
-    x1 = torch.floor(torch.maximum(torch.maximum(u0, u1), u2) - 0.5).clamp_(max=W - 1)
-    y0 = torch.ceil(torch.minimum(torch.minimum(v0, v1), v2) - 0.5).clamp_(min=0)
-    y1 = torch.floor(torch.maximum(torch.maximum(v0, v1), v2) - 0.5).clamp_(max=H - 1)
-    keep = ((x1 >= x0) & (y1 >= y0)).nonzero().squeeze(1)
-    if keep.numel() == 0:
-        return empty
-    fl = torch.stack([u0, u1, u2, v0, v1, v2, z0, z1, z2, area2, x0, x1, y0, y1]).index_select(1, keep)
-    u0, u1, u2, v0, v1, v2, z0, z1, z2, area2, x0, x1, y0, y1 = fl.unbind(0)
-    tri_idx = tri_idx.index_select(0, keep)
+    # (clamped on both sides so that far off-screen coordinates cannot overflow int64)
+    x0 = torch.ceil(torch.minimum(torch.minimum(u0, u1), u2) - 0.5).clamp_(0, W)
+    x1 = torch.floor(torch.maximum(torch.maximum(u0, u1), u2) - 0.5).clamp_(-1, W - 1)
+    y0 = torch.ceil(torch.minimum(torch.minimum(v0, v1), v2) - 0.5).clamp_(0, H)
+    y1 = torch.floor(torch.maximum(torch.maximum(v0, v1), v2) - 0.5).clamp_(-1, H - 1)
     nx = (x1 - x0).long() + 1
     ny = (y1 - y0).long() + 1
+
+    # Sort triangles by box shape: group (nx-1)*small_box + (ny-1) for boxes of at most
+    # small_box x small_box pixels, then one group of larger boxes, then the empty boxes
+    # (dropped). Every group is then a contiguous slice of the sorted arrays.
+    sb = small_box
+    n_small = sb * sb
+    small = (nx <= sb) & (ny <= sb)
+    gkey = torch.where(small, (nx - 1) * sb + (ny - 1), torch.full_like(nx, n_small))
+    gkey = torch.where((nx > 0) & (ny > 0), gkey, torch.full_like(nx, n_small + 1))
+    gkey, order = torch.sort(gkey)
+    counts = torch.bincount(gkey, minlength=n_small + 2).tolist()
+    n_keep = sum(counts[: n_small + 1])
+    if n_keep == 0:
+        return empty
+    order = order[:n_keep]
+    sel = lambda x: x.index_select(0, order)  # noqa: E731
+    u0, u1, u2, v0, v1, v2, z0, z1, z2 = (sel(x) for x in (u0, u1, u2, v0, v1, v2, z0, z1, z2))
+    area2, x0, y0, nx, ny, tri_idx = (sel(x) for x in (area2, x0, y0, nx, ny, tri_idx))
     bidx = torch.div(tri_idx, F, rounding_mode="floor")
     fid = tri_idx - bidx * F
     base = bidx * (H * W) + y0.long() * W + x0.long()  # flat pixel index of the box origin
@@ -223,6 +236,7 @@ def visibility_torch(
     P = A0 * iz0 + A1 * iz1 + A2 * iz2
     Q = B0 * iz0 + B1 * iz1 + B2 * iz2
     S = C0 * iz0 + C1 * iz1 + C2 * iz2
+    coef = (A0, A1, A2, B0, B1, B2, C0, C1, C2, P, Q, S)
 
     # z-buffer key: quantised (izmax - 1/z) in the high bits (nearer = smaller), face id low
     fbits = max(1, int(F - 1).bit_length())
@@ -231,45 +245,37 @@ def visibility_torch(
     izmax = float(torch.maximum(torch.maximum(iz0, iz1), iz2).max())
     izmin = float(torch.minimum(torch.minimum(iz0, iz1), iz2).min())
     inv_range = 1.0 / max(izmax - izmin, 1e-30)
-
-    # sort triangles by box shape: group g = (nx-1)*small_box + (ny-1) for small boxes, one
-    # last group for the rest; afterwards every group is a contiguous slice.
-    small = (nx <= small_box) & (ny <= small_box)
-    nbig_key = small_box * small_box
-    gkey = torch.where(small, (nx - 1) * small_box + (ny - 1), torch.full_like(nx, nbig_key))
-    gkey, order = torch.sort(gkey)
-    coef = torch.stack([A0, A1, A2, B0, B1, B2, C0, C1, C2, P, Q, S]).index_select(1, order)
-    ints = torch.stack([base, fid, nx, ny]).index_select(1, order)
-    counts = torch.bincount(gkey, minlength=nbig_key + 1).tolist()
-
     zbuf = torch.full((B * H * W,), _INT64_MAX, dtype=torch.int64, device=device)
 
-    def emit(inside, izv, pix, f):
+    def emit(c, ox, oy, pix, f):
+        """c: 12 coefficient arrays (n, 1) or (M,); ox, oy: float offsets; pix, f: int64."""
+        b0 = c[0] * ox + c[3] * oy + c[6]
+        b1 = c[1] * ox + c[4] * oy + c[7]
+        b2 = c[2] * ox + c[5] * oy + c[8]
+        inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
+        izv = (c[9] * ox + c[10] * oy + c[11])[inside]
         # normalise to [0, 1] first so that nothing overflows in float32, then quantise
-        q = ((izmax - izv[inside]) * inv_range).clamp_(0.0, 1.0).mul_(qmax).long()
-        key = (q << fbits) | f[inside]
-        zbuf.scatter_reduce_(0, pix[inside], key, reduce="amin", include_self=True)
+        q = ((izmax - izv) * inv_range).clamp_(0.0, 1.0).mul_(qmax).long()
+        key = (q << fbits) | f.expand_as(inside)[inside]
+        zbuf.scatter_reduce_(0, pix.expand_as(inside)[inside], key, reduce="amin", include_self=True)
 
     start = 0
-    for grp, cnt in enumerate(counts):
-        if cnt == 0:
-            continue
+    for grp in range(n_small + 1):
+        cnt = counts[grp]
         s, e = start, start + cnt
         start = e
-        if grp < nbig_key:
-            gx, gy = grp // small_box + 1, grp % small_box + 1
+        if cnt == 0:
+            continue
+        if grp < n_small:
+            # dense broadcasting over the gx x gy offsets of this box shape
+            gx, gy = grp // sb + 1, grp % sb + 1
             ox, oy = _grid_offsets(gx, gy, device)
-            oxf, oyf = ox.to(coef.dtype), oy.to(coef.dtype)
-            c = coef[:, s:e].unsqueeze(-1)  # (12, n, 1)
-            b = c[0:3] * oxf + c[3:6] * oyf + c[6:9]  # (3, n, K)
-            inside = (b[0] >= 0) & (b[1] >= 0) & (b[2] >= 0)
-            izv = c[9] * oxf + c[10] * oyf + c[11]
-            pix = ints[0, s:e].unsqueeze(-1) + (oy * W + ox)
-            f = ints[1, s:e].unsqueeze(-1).expand_as(pix)
-            emit(inside, izv, pix, f)
+            c = [x[s:e].unsqueeze(1) for x in coef]  # (n, 1) each
+            pix = base[s:e].unsqueeze(1) + (oy * W + ox)
+            emit(c, ox.to(A0.dtype), oy.to(A0.dtype), pix, fid[s:e].unsqueeze(1))
             continue
         # large boxes: enumerate (triangle, pixel) pairs explicitly, in bounded chunks
-        n_all = ints[2, s:e] * ints[3, s:e]
+        n_all = nx[s:e] * ny[s:e]
         csum = torch.cumsum(n_all, 0)
         lo, nbig = 0, e - s
         while lo < nbig:
@@ -280,17 +286,13 @@ def visibility_torch(
             t = torch.repeat_interleave(torch.arange(hi - lo, device=device), n)
             first = torch.cumsum(n, 0) - n
             k = torch.arange(t.numel(), device=device) - first[t]
-            nxt = ints[2, s + lo : s + hi][t]
+            ti = t + (s + lo)  # index into the sorted arrays
+            nxt = nx.index_select(0, ti)
             oy = torch.div(k, nxt, rounding_mode="floor")
             ox = k - oy * nxt
-            c = coef[:, s + lo : s + hi].index_select(1, t)  # (12, M)
-            oxf, oyf = ox.to(coef.dtype), oy.to(coef.dtype)
-            b = c[0:3] * oxf + c[3:6] * oyf + c[6:9]
-            inside = (b[0] >= 0) & (b[1] >= 0) & (b[2] >= 0)
-            izv = c[9] * oxf + c[10] * oyf + c[11]
-            pix = ints[0, s + lo : s + hi][t] + oy * W + ox
-            f = ints[1, s + lo : s + hi][t]
-            emit(inside, izv, pix, f)
+            c = [x.index_select(0, ti) for x in coef]
+            pix = base.index_select(0, ti) + oy * W + ox
+            emit(c, ox.to(A0.dtype), oy.to(A0.dtype), pix, fid.index_select(0, ti))
             lo = hi
 
     covered = zbuf != _INT64_MAX

@@ -208,8 +208,14 @@ def sample_light_colors(
     jitter: float = 0.03,
     device=None,
     dtype: Optional[torch.dtype] = None,
+    white_balance: float = 0.7,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Random light colours: a colour temperature per image plus a small RGB perturbation.
+
+    Cameras white-balance most photos, so the raw black-body colour (2700 K is about
+    (1.9, 0.8, 0.2)) is partially balanced: ``rgb ** (1 - white_balance)``, renormalised to
+    luminance 1 (0 = raw illuminant colour, 1 = white). The default 0.7 keeps a visible warm
+    or cool cast, like photos under tungsten or overcast light.
 
     Temperatures are uniform in mired (1e6 / K), which is closer to perceptually uniform than
     uniform in kelvin. Each channel is then multiplied by ``exp(jitter * N(0, 1))``.
@@ -224,6 +230,11 @@ def sample_light_colors(
     m = 1e6 / hi + (1e6 / lo - 1e6 / hi) * torch.rand(n, generator=generator, dtype=dtype)
     kelvin = 1e6 / m
     rgb = color_temperature_to_rgb(kelvin)
+    if not 0.0 <= white_balance <= 1.0:
+        raise FacefitError(f"white_balance must be in [0, 1], got {white_balance}")
+    rgb = rgb.clamp_min(1e-6) ** (1.0 - white_balance)
+    lum = rgb @ torch.tensor([0.2126, 0.7152, 0.0722], dtype=rgb.dtype)
+    rgb = rgb / lum.unsqueeze(-1)
     rgb = rgb * torch.exp(jitter * torch.randn(n, 3, generator=generator, dtype=dtype))
     return rgb.to(device), kelvin.to(device)
 
