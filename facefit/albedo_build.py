@@ -68,6 +68,10 @@ __all__ = [
     "sample_photos",
     "sample_vertex_colors",
     "save_albedo_file",
+    "save_samples",
+    "load_samples",
+    "albedo_for",
+    "render_albedo_views",
     "shape_key",
     "shipped_albedo_for",
     "symmetric_fill",
@@ -401,6 +405,30 @@ class PhotoSamples:
             self.obs[idx], self.normals[idx], self.weights[idx], [self.info[i] for i in idx],
             {k: v[idx] for k, v in self.fits.items()},
         )
+
+
+def save_samples(path: str | os.PathLike, samples: PhotoSamples) -> Path:
+    """Store :class:`PhotoSamples` in an uncompressed ``.npz`` (to rerun the lighting/PCA
+    stage of :func:`build_albedo` without the photos)."""
+    from facefit.atomic import atomic_write
+
+    path = Path(path)
+    with atomic_write(path, "wb", mkdir=True) as fh:
+        np.savez(
+            fh, obs=samples.obs, normals=samples.normals, weights=samples.weights,
+            info=np.array(json.dumps(samples.info)), **{f"fit_{k}": v for k, v in samples.fits.items()},
+        )
+    return path
+
+
+def load_samples(path: str | os.PathLike) -> PhotoSamples:
+    """Read :func:`save_samples` output. Raises InvalidFileError when unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            fits = {k[4:]: z[k] for k in z.files if k.startswith("fit_")}
+            return PhotoSamples(z["obs"], z["normals"], z["weights"], json.loads(str(z["info"][()])), fits)
+    except Exception as exc:
+        raise InvalidFileError(f"{path}: not a readable samples file ({type(exc).__name__})") from None
 
 
 def _load_landmark_cache(path: Path | None) -> dict[str, np.ndarray]:
@@ -914,6 +942,7 @@ def build_albedo(
     report: str | os.PathLike | None | bool = True,
     landmark_cache: str | os.PathLike | None = None,
     samples: PhotoSamples | None = None,
+    samples_cache: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> MorphableModel:
     """Learn a statistical albedo model for ``model`` from a folder of photos.
@@ -941,6 +970,9 @@ def build_albedo(
             False/None = no report.
         landmark_cache: optional detection cache file (see :func:`sample_photos`).
         samples: reuse previously computed :class:`PhotoSamples` (skips photos_dir).
+        samples_cache: ``.npz`` file: loaded instead of processing the photos when it exists
+            and lists the same photos, else written after processing them (see
+            :func:`save_samples`; about 0.12 MB per photo for a 9.4k-vertex model).
         log: called with progress messages (default: print when ``progress``).
     Returns:
         ``model.with_color_model(mean, basis, std, description=...)`` with provenance in
@@ -962,6 +994,12 @@ def build_albedo(
     if samples is None:
         paths = list_photos(photos_dir, max_photos)
         say(f"albedo: {len(paths)} photos from {photos_dir}")
+        if samples_cache is not None and Path(samples_cache).is_file():
+            cached = load_samples(samples_cache)
+            if [i["path"] for i in cached.info] == [str(p) for p in paths]:
+                samples = cached
+                say(f"albedo: reusing samples from {samples_cache}")
+    if samples is None:
         with _progress(progress) as prog:
             task = prog.add_task("detect, fit, sample", total=len(paths)) if prog else None
             samples = sample_photos(
@@ -970,6 +1008,8 @@ def build_albedo(
                 landmark_cache=landmark_cache,
                 on_photo=(lambda n: prog.advance(task, n)) if prog else None,
             )
+        if samples_cache is not None:
+            save_samples(samples_cache, samples)
     t_sampled = time.time()
     ok = np.array([i["ok"] for i in samples.info])
     reasons: dict[str, int] = {}

@@ -45,7 +45,10 @@ def test_import_times(ict):
 def test_counts_units_and_landmarks(ict):
     m = ict[0]
     assert isinstance(m, MorphableModel) and m.name == "ict-face"
-    assert m.n_vertices == 9409 and m.n_shape == 100 and m.n_expr == 53 and m.n_color == 0
+    assert m.n_vertices == 9409 and m.n_shape == 100 and m.n_expr == 53
+    # no albedo in ICT: a default colour model is attached and labelled as such
+    assert m.n_color > 0
+    assert m.meta["color_model"].startswith(("heuristic", "statistical"))
     assert m.units == "mm" and m.meta["units_source"] == "cm"
     assert m.meta["source_commit"] == model_io.ICT_COMMIT
     assert m.face_mask.all() and m.uv is not None and m.symmetry is not None
