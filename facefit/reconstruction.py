@@ -619,9 +619,13 @@ def run_batch(
                             from .texturing import texture_from_photo
 
                             r.mesh = texture_from_photo(rec.model, r, image)
-                        paths = output_paths(out_dir, name, fmt, save_coeffs, render)
-                        if single_file:
-                            paths = {**paths, "mesh": out}
+                        if single_file:  # outputs named after -o, e.g. face.obj, face.json
+                            stem = out.stem if len(faces) == 1 else f"{out.stem}_{name.rsplit('_', 1)[-1]}"
+                            paths = output_paths(out_dir, stem, fmt, save_coeffs, render)
+                            if stem == out.stem:
+                                paths["mesh"] = out
+                        else:
+                            paths = output_paths(out_dir, name, fmt, save_coeffs, render)
                         tw = time.perf_counter()
                         written = write_outputs(r, paths, render_size)
                         r.timing["write"] = time.perf_counter() - tw
