@@ -27,6 +27,15 @@ model_app = typer.Typer(help="Import, inspect and fetch morphable face models.",
 app.add_typer(model_app, name="model")
 
 
+def _add_eval_app():
+    from .cli_eval import eval_app
+
+    app.add_typer(eval_app, name="eval", help="The paper's benchmarks: MICC geometry, synthetic ground truth, likeness.")
+
+
+_add_eval_app()
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"facefit {__version__}")
@@ -104,6 +113,27 @@ def model_fetch(
     if which != "ict":
         raise FacefitError(f"unknown model '{which}': only 'ict' can be fetched; BFM and FLAME need a registration download, then 'facefit model import'")
     typer.echo(str(model_io.fetch_ict(region=region)))
+
+
+@model_app.command("build-albedo")
+def model_build_albedo(
+    photos: Path = typer.Option(..., "--photos", help="Folder of face photos (searched recursively), one main face each."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write the colour model (.npz)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Morphable model (default: the default model)."),
+    components: int = typer.Option(30, "--components", min=1, help="Colour components to keep (at most)."),
+    variance: Optional[float] = typer.Option(None, "--variance", help="Keep the fewest components explaining this share (e.g. 0.9)."),
+    max_photos: Optional[int] = typer.Option(None, "--max-photos", min=2, help="Use an evenly spread subset of this many photos."),
+):
+    """Learn a statistical albedo (colour) model from ordinary photos for a shape model."""
+    from . import model_io
+    from .albedo_build import build_albedo
+
+    m = model_io.resolve_model(model)
+    if not photos.is_dir():
+        raise FacefitError(f"{photos}: not a folder")
+    built = build_albedo(photos, m, out, n_components=components, variance=variance, max_photos=max_photos,
+                         progress=sys.stderr.isatty())
+    typer.echo(f"{out}: {built.n_color} colour components ({built.meta.get('color_model', '')})")
 
 
 # --------------------------------------------------------------------------- render
@@ -186,6 +216,60 @@ def reconstruct_cmd(
         typer.echo(str(p))
     if s.processed == 0 and s.skipped == 0:
         raise FacefitError("no face was reconstructed")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command("train", context_settings={"help_option_names": ["--help", "-h"]})
+def train_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config (see configs/train_default.toml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder tree of real photos for stage 2."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (checkpoints, logs, plots)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="'1' (synthetic), '2' (mixed) or 'both'."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at this global step."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Stop after this many seconds."),
+    no_batch_loss: bool = typer.Option(False, "--no-batch-loss", help="Ablation: switch off L_batch."),
+    no_loopback: bool = typer.Option(False, "--no-loopback", help="Ablation: switch off L_loop."),
+    views: Optional[int] = typer.Option(None, "--views", help="Renders per photo for L_id (paper: 3; ablation: 1)."),
+    encoder: Optional[str] = typer.Option(None, "--identity-net", help="Encoder: dlib (default) or facenet."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    setting: List[str] = typer.Option([], "--set", help="Any config setting, KEY=VALUE (repeatable)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Only plot the loss curves of this run directory and exit."),
+    export: Optional[Path] = typer.Option(None, "--export", help="After training, also write the small shipping checkpoint here."),
+):
+    """Train the regressor with the paper's two-stage unsupervised method."""
+    from . import training
+
+    if plot is not None:
+        p = training.plot_log(plot)
+        if p is None:
+            raise FacefitError(f"{plot}: no log.jsonl with losses to plot")
+        typer.echo(str(p))
+        return
+    overrides = {"data": data, "out": out, "stage": stage, "max_steps": max_steps, "max_time": max_time,
+                 "views": views, "encoder": encoder, "device": device, "seed": seed}
+    if resume:
+        overrides["resume"] = True
+    if no_batch_loss:
+        overrides["batch_loss"] = False
+    if no_loopback:
+        overrides["loopback"] = False
+    for kv in setting:
+        if "=" not in kv:
+            raise FacefitError(f"--set needs KEY=VALUE, got '{kv}'")
+        k, v = kv.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    cfg = training.load_config(config, {k: v for k, v in overrides.items() if v is not None})
+    summary = training.train(cfg, progress=sys.stderr.isatty())
+    typer.echo(f"run: {summary.get('run_dir')}  step {summary.get('step')}/{summary.get('total_steps')}  "
+               f"stopped: {summary.get('stopped')}")
+    if summary.get("exported"):
+        typer.echo(f"regressor: {summary['exported']}")
+    if export is not None:
+        typer.echo(str(training.export_checkpoint(summary["run_dir"], export)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
