@@ -185,6 +185,7 @@ def reconstruct_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, max=1024, help="Faces per encoder batch; outputs are written after each."),
 ):
     """Reconstruct neutral 3D faces from photos, folders or videos."""
     from rich.console import Console
@@ -199,7 +200,7 @@ def reconstruct_cmd(
     s = run_batch(inputs, out, checkpoint=checkpoint, model=model, fmt=fmt, save_coeffs=save_coeffs,
                   render=render, render_size=render_size, fuse=fuse, all_faces=all_faces,
                   texture=None if texture == "model" else texture, skip_existing=skip_existing,
-                  detector=detector, device=device, progress=sys.stderr.isatty())
+                  detector=detector, device=device, progress=sys.stderr.isatty(), batch_size=batch_size)
     con = Console(stderr=True)
     if s.manifest is not None or s.failed or s.skipped:
         t = Table(title="facefit reconstruct")

@@ -518,6 +518,7 @@ def run_batch(
     device=None,
     progress: bool = True,
     on_item: Optional[Callable[[dict], None]] = None,
+    batch_size: int = 16,
 ) -> BatchSummary:
     """Reconstruct inputs to files.
 
@@ -531,6 +532,7 @@ def run_batch(
         fuse: one face from all inputs (features averaged).
         skip_existing: leave faces whose mesh already exists (resume after interruption).
         progress: show a rich progress bar.
+        batch_size: faces per encoder batch (outputs are written after each batch).
     Returns:
         :class:`BatchSummary`; a ``manifest.jsonl`` in the output folder lists every input
         with its outputs or its error.
@@ -563,7 +565,8 @@ def run_batch(
     if not os.access(out_dir, os.W_OK):
         raise FacefitError(f"output folder {out_dir} is not writable")
 
-    rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse)
+    rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
+                        batch_size=batch_size)
     summary = BatchSummary(manifest=None if single_file else out_dir / "manifest.jsonl")
 
     def note(entry):

@@ -1,0 +1,163 @@
+"""Robustness of the batch job: SIGKILL midway + --skip-existing; a corpus of bad inputs."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facefit.cli import main
+from facefit.mesh_io import load_mesh
+
+from conftest import DEV, REPO
+
+
+def _photos(n):
+    people = sorted(p for p in DEV.iterdir() if p.is_dir())
+    out = []
+    for d in people:
+        out.extend(sorted(d.glob("*.jpg"))[:2])
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def test_sigkill_midway_then_skip_existing(untrained_checkpoint, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    photos = _photos(10)
+    for k, p in enumerate(photos):
+        shutil.copy(p, src / f"p{k:02d}.jpg")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "facefit", "reconstruct", str(src), "-o", str(out), "--checkpoint",
+           str(untrained_checkpoint), "--batch-size", "1", "--skip-existing"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_first = len(list(out.glob("*.obj")))
+    assert 0 < done_first < len(photos), "the kill should land midway"
+    for m in out.glob("*.obj"):  # nothing truncated
+        assert load_mesh(m).vertices.shape[0] > 1000
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    meshes = sorted(p.name for p in out.glob("*.obj"))
+    assert meshes == [f"p{k:02d}.obj" for k in range(len(photos))]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    entries = [json.loads(l) for l in manifest.read_text().splitlines()]
+    ok = [os.path.basename(e["input"]) for e in entries if e["status"] == "ok"]
+    assert sorted(ok) == sorted(set(ok)) and len(ok) == len(photos)  # each processed exactly once
+    skipped = [e for e in entries if e["status"] == "skipped"]
+    assert len(skipped) == done_first
+
+
+def _bad_corpus(d):
+    """Bad inputs generated here (never committed)."""
+    good = _photos(1)[0]
+    shutil.copy(good, d / "good photo é.jpg")
+    (d / "empty.jpg").write_bytes(b"")
+    data = good.read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (d / "text.png").write_text("hello")
+    Image.new("RGB", (1, 1)).save(d / "tiny.png")
+    # a PNG whose header claims 30000 x 30000 pixels (decompression bomb)
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b) & 0xFFFFFFFF)
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    arr = np.asarray(Image.open(good).convert("RGB"))
+    Image.fromarray(arr).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(arr).convert("P").save(d / "palette.png")
+    Image.fromarray(arr).convert("RGBA").save(d / "rgba.png")
+    Image.fromarray((arr.astype(np.uint16) * 257)[..., 0]).save(d / "gray16.png")
+    frames = [Image.fromarray(arr), Image.fromarray(arr[:, ::-1].copy())]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
+    upside = Image.fromarray(arr[::-1, ::-1].copy())
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180
+    upside.save(d / "exif_upside_down.jpg", exif=exif)
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(d / "no_face.png")
+    two = np.concatenate([arr, arr], axis=1)
+    Image.fromarray(two).save(d / "two_faces.png")
+    unreadable = d / "unreadable.jpg"
+    shutil.copy(good, unreadable)
+    os.chmod(unreadable, 0)
+    loop = d / "loop"
+    loop.mkdir()
+    os.symlink("..", loop / "back")  # a symlink loop
+    return {
+        "good photo é.jpg": "ok", "empty.jpg": "error", "truncated.jpg": None, "corrupt.png": "error",
+        "text.png": "error", "tiny.png": "error", "bomb.png": "error", "cmyk.jpg": "ok", "palette.png": "ok",
+        "rgba.png": "ok", "gray16.png": "ok", "anim.gif": "ok", "exif_upside_down.jpg": "ok",
+        "no_face.png": "error", "two_faces.png": "ok",
+        "unreadable.jpg": "ok" if os.geteuid() == 0 else "error",
+    }
+
+
+def test_bad_input_corpus_folder_mode(untrained_checkpoint, tmp_path, capsys):
+    src = tmp_path / "bad"
+    src.mkdir()
+    expected = _bad_corpus(src)
+    out = tmp_path / "out"
+    t0 = time.time()
+    rc = main(["reconstruct", str(src), "-o", str(out), "--checkpoint", str(untrained_checkpoint), "--all-faces"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    assert time.time() - t0 < 300  # the bomb was refused, not decoded
+    entries = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    got = {os.path.basename(e["input"]): e for e in entries}
+    for name, status in expected.items():
+        assert name in got, name
+        if status is not None:  # a truncated JPEG may still decode partially
+            assert got[name]["status"] == status, (name, got[name])
+        if got[name]["status"] == "error":
+            assert "\n" not in got[name]["error"] and got[name]["error"]
+    assert got["two_faces.png"]["faces"] == 2
+    assert (out / "two_faces.obj").is_file() and (out / "two_faces_face1.obj").is_file()
+    assert "bomb" in got["bomb.png"]["error"] or "pixels" in got["bomb.png"]["error"]
+    # no partial output anywhere
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for m in out.rglob("*.obj"):
+        assert load_mesh(m).vertices.shape[0] > 1000
+
+
+@pytest.mark.parametrize("name", ["empty.jpg", "corrupt.png", "text.png", "bomb.png", "no_face.png"])
+def test_bad_input_single_mode(untrained_checkpoint, tmp_path, capsys, name):
+    src = tmp_path / "bad"
+    src.mkdir()
+    _bad_corpus(src)
+    target = tmp_path / "face.obj"
+    rc = main(["reconstruct", str(src / name), "-o", str(target), "--checkpoint", str(untrained_checkpoint)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert not target.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_read_only_output_folder(untrained_checkpoint, tmp_path, capsys, monkeypatch):
+    import facefit.atomic as atomic
+
+    def refuse(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)  # the disk fills up at the last moment
+    target = tmp_path / "face.obj"
+    rc = main(["reconstruct", str(_photos(1)[0]), "-o", str(target), "--checkpoint", str(untrained_checkpoint)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "space" in err and "Traceback" not in err
+    assert not target.exists() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
