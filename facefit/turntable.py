@@ -133,11 +133,12 @@ def render_views(
     faces = torch.tensor(np.asarray(mesh.triangles), dtype=torch.int64)
     if len(faces) == 0:
         raise FacefitError("the mesh has no triangles to render")
-    colors = (
-        torch.as_tensor(mesh.colors, dtype=torch.float32)
-        if mesh.colors is not None
-        else torch.full_like(verts, 0.75)
-    )
+    if mesh.texture is not None:
+        colors = torch.as_tensor(texture_vertex_colors(mesh))
+    elif mesh.colors is not None:
+        colors = torch.tensor(np.asarray(mesh.colors), dtype=torch.float32)
+    else:
+        colors = torch.full_like(verts, 0.75)
     # Frame once, frontally, with the head's bounding box centre on the axis so that it
     # turns in place; a fill of 0.72 leaves room for the profile views.
     camera = Camera.from_fov(15.0, int(size))
@@ -166,6 +167,29 @@ def render_views(
         imgs = (r.images.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
         out.extend(list(imgs))
     return out
+
+
+def texture_vertex_colors(mesh: FaceMesh) -> np.ndarray:
+    """Per-vertex colours sampled from a textured mesh's texture (the renderer shades
+    vertex colours; a vertex on a UV seam averages its corners).
+
+    Returns:
+        (V, 3) float32 in [0, 1].
+    """
+    tex = np.asarray(mesh.texture, np.float32) / 255.0
+    h, w = tex.shape[:2]
+    uv = np.asarray(mesh.uv, np.float64)
+    x = np.clip(uv[:, 0] * w - 0.5, 0, w - 1).round().astype(int)
+    y = np.clip((1 - uv[:, 1]) * h - 0.5, 0, h - 1).round().astype(int)
+    per_uv = tex[y, x]  # (T, 3)
+    acc = np.zeros((mesh.num_vertices, 3))
+    cnt = np.zeros(mesh.num_vertices)
+    np.add.at(acc, mesh.triangles.ravel(), per_uv[mesh.uv_triangles.ravel()])
+    np.add.at(cnt, mesh.triangles.ravel(), 1)
+    out = acc / np.maximum(cnt, 1)[:, None]
+    if mesh.colors is not None:
+        out[cnt == 0] = np.asarray(mesh.colors)[cnt == 0]
+    return out.astype(np.float32)
 
 
 def _turntable_paths(out: Path) -> tuple[Path, Path, Path]:

@@ -135,3 +135,22 @@ def test_checkpoint_for_another_model_is_refused(untrained_checkpoint, tmp_path,
                "--model", str(tmp_path / "other.npz")])
     err = capsys.readouterr().err
     assert rc == 1 and default_model.content_hash in err and "Traceback" not in err
+
+
+def test_texture_from_photo(untrained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "tex.obj"
+    rc = main(["reconstruct", str(EXAMPLE), "-o", str(out), "--checkpoint", str(untrained_checkpoint),
+               "--texture", "photo"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "tex.mtl").is_file() and (tmp_path / "tex.png").is_file()
+    mesh = load_mesh(out)
+    assert mesh.texture is not None and mesh.texture.shape[0] >= 256
+    frac = float(mesh.meta["texture"].split("%")[0].split()[-1])
+    assert frac > 20  # a good share of the texture comes from the photo
+    # the photo's skin (astronaut: light skin) shows in the face texels around the nose
+    from facefit.turntable import texture_vertex_colors
+    from facefit.model_io import resolve_model
+
+    m = resolve_model(None)
+    nose = texture_vertex_colors(mesh)[m.landmarks[30]]
+    assert nose[0] > nose[2] and nose.mean() > 0.3
