@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -355,7 +355,7 @@ def vertex_visibility(
         tol = depth_tol_px * pix_mm / cos.clamp_min(max(min_cos, 0.05))
         visible = inside & cov & (zbuf > 0) & (z <= zbuf + tol) & (cos > min_cos)
         if vertex_mask is not None:
-            visible &= torch.as_tensor(np.asarray(vertex_mask), device=screen.device).view(1, V)
+            visible &= torch.tensor(np.asarray(vertex_mask), dtype=torch.bool, device=screen.device).view(1, V)
     return visible, cos, normals
 
 
@@ -514,7 +514,7 @@ def sample_photos(
     cache_path = Path(landmark_cache) if landmark_cache is not None else None
     cache = _load_landmark_cache(cache_path)
     cache_dirty = False
-    faces_t = torch.as_tensor(np.asarray(model.triangles))
+    faces_t = model.torch_triangles()
     face_mask = np.asarray(model.face_mask)
     n_face = max(1, int(face_mask.sum()))
 
@@ -651,7 +651,7 @@ def symmetric_fill(X, W, symmetry, weight: float = 0.3):
     """
     import torch
 
-    sym = torch.as_tensor(np.asarray(symmetry), device=X.device)
+    sym = torch.tensor(np.asarray(symmetry), dtype=torch.int64, device=X.device)
     Xm, Wm = X[:, sym], W[:, sym]
     fill = (W <= 0) & (Wm > 0)
     X2 = torch.where(fill.unsqueeze(-1), Xm, X)
@@ -671,8 +671,8 @@ class PCAResult:
         basis: (V, C, K) float32, orthonormal columns (flattened to V*C), ordered by
             decreasing variance.
         std: (K,) float32 standard deviation of the data along each component.
-        scores: (N, K) float32 coefficients of the training rows (in units of ``std``
-            multiplied back: ``x ~= mean + basis @ scores``).
+        scores: (N, K) float32 coordinates of the training rows along the components
+            (``x ~= mean + basis @ scores``; divide by ``std`` for N(0, 1) coefficients).
         explained: (K,) fraction of the total (weighted) variance each component explains.
         total_variance: float, summed per-dimension weighted variance around the mean.
         iterations: ALS iterations run.
@@ -1153,12 +1153,27 @@ def render_albedo_views(model: MorphableModel, color_coeffs=None, size: int = 19
     return (outp.images.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
+def _crop_white(images: np.ndarray, pad: int = 4) -> np.ndarray:
+    """Crop a batch of renders on white to the union of their non-white pixels."""
+    fg = (images < 250).any(-1).any(0)
+    ys, xs = np.nonzero(fg)
+    if len(ys) == 0:
+        return images
+    y0, y1 = max(0, ys.min() - pad), min(images.shape[1], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(images.shape[2], xs.max() + pad + 1)
+    return images[:, y0:y1, x0:x1]
+
+
 def render_report(model: MorphableModel, pca: PCAResult | None, path: str | os.PathLike, n_show: int = 5) -> Path:
     """A PNG with the mean albedo, the first components at -2/+2 std and the variance curve.
 
+    Renders are frontal views of the mean shape: flat albedo (no shading) and, for the mean,
+    the renderer's studio lighting.
+
     Args:
         model: the model with its new colour model.
-        pca: the PCA result (for the full explained-variance curve; None = from the model).
+        pca: the PCA result (for the full explained-variance curve; None = from
+            ``model.meta["albedo"]``).
         path: output PNG.
         n_show: components shown.
     Returns:
@@ -1170,38 +1185,42 @@ def render_report(model: MorphableModel, pca: PCAResult | None, path: str | os.P
     import matplotlib.pyplot as plt
 
     n_show = max(0, min(n_show, model.n_color))
-    coeffs = np.zeros((1 + 2 * n_show, model.n_color), np.float32)
+    coeffs = np.zeros((2 + 2 * n_show, max(model.n_color, 1)), np.float32)[:, : model.n_color]
     for i in range(n_show):
-        coeffs[1 + 2 * i, i] = -2.0
-        coeffs[2 + 2 * i, i] = 2.0
-    flat = render_albedo_views(model, coeffs, lit=False)
-    lit = render_albedo_views(model, coeffs[:1], lit=True)
-    cols = max(3, n_show + 1)
-    fig = plt.figure(figsize=(2.2 * cols, 7.0))
+        coeffs[2 + 2 * i, i] = -2.0
+        coeffs[3 + 2 * i, i] = 2.0
+    flat = render_albedo_views(model, coeffs, size=256, lit=False)
+    lit = render_albedo_views(model, coeffs[:1], size=256, lit=True)
+    flat[1] = lit[0]
+    tiles = _crop_white(flat)
+    cols = max(3, n_show)
+    fig = plt.figure(figsize=(2.4 * cols, 9.0))
     ax = fig.add_subplot(3, cols, 1)
-    ax.imshow(flat[0]); ax.set_title("mean albedo"); ax.axis("off")
+    ax.imshow(tiles[0]); ax.set_title("mean albedo"); ax.axis("off")
     ax = fig.add_subplot(3, cols, 2)
-    ax.imshow(lit[0]); ax.set_title("mean, studio light"); ax.axis("off")
+    ax.imshow(tiles[1]); ax.set_title("mean, studio light"); ax.axis("off")
     for i in range(n_show):
         for row, sgn in ((1, -2), (2, 2)):
             ax = fig.add_subplot(3, cols, row * cols + i + 1)
-            ax.imshow(flat[1 + 2 * i + (row - 1)])
-            ax.set_title(f"PC{i + 1} {sgn:+d}σ", fontsize=9)
+            ax.imshow(tiles[2 + 2 * i + (row - 1)])
+            ax.set_title(f"PC{i + 1} {sgn:+d}σ (std {model.color_std[i]:.2f})", fontsize=9)
             ax.axis("off")
-    expl = pca.explained if pca is not None else np.asarray(model.meta.get("albedo", {}).get("explained_variance", []))
-    ax = fig.add_subplot(3, cols, cols)
-    if len(expl):
-        k = model.n_color
-        ax.plot(np.arange(1, len(expl) + 1), np.cumsum(expl), "o-", ms=2)
-        ax.axvline(k, color="r", lw=0.8)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("components"); ax.set_ylabel("cum. explained var.")
-        ax.grid(alpha=0.3)
     prov = model.meta.get("albedo", {})
-    fig.suptitle(f"{model.name} albedo: {prov.get('used', '?')} photos, {model.n_color} components", fontsize=11)
+    expl = pca.explained if pca is not None else np.asarray(prov.get("explained_variance", []))
+    ax = fig.add_subplot(3, cols, 3)
+    if len(expl):
+        ax.plot(np.arange(1, len(expl) + 1), np.cumsum(expl), "o-", ms=2)
+        ax.axvline(model.n_color, color="r", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("components"); ax.set_ylabel("cumulative explained variance")
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"{model.name} albedo: {prov.get('used', '?')} of {prov.get('photos', '?')} photos, {model.n_color} components",
+        fontsize=11,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return path

@@ -47,8 +47,8 @@ from __future__ import annotations
 import math
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
