@@ -16,7 +16,8 @@ the main face of each (dlib HOG by default), cuts the encoder's crop
 name, detector, crop and size, and the cache format, so a changed folder or setting makes
 a new cache. Unreadable files and photos without a face are skipped and counted. Work is
 saved in chunks (``photos-<key>.part-NNNNN.npz``) while it runs, so an interrupted run
-resumes where it stopped. Detection runs in worker processes (``workers``).
+resumes where it stopped. Detection runs in worker processes (``workers``; forked on
+Linux).
 
 Everything read back is plain arrays (``np.load(allow_pickle=False)``).
 """
@@ -26,11 +27,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -169,14 +171,30 @@ def _detect_one(args) -> tuple[str, Optional[np.ndarray]]:
         return "crop_error", None
 
 
+def _worker_init() -> None:
+    """Detection workers use one thread each (the encoder runs in the parent)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _detections(jobs: list, workers: int) -> Iterator[tuple[str, Optional[np.ndarray]]]:
-    """Ordered results of :func:`_detect_one` over ``jobs`` (in worker processes if > 1)."""
+    """Ordered results of :func:`_detect_one` over ``jobs`` (in worker processes if > 1).
+
+    Linux uses ``fork`` (like torch's DataLoader), so a calling script needs no
+    ``if __name__ == "__main__"`` guard; other platforms use ``spawn``.
+    """
     if workers <= 1 or len(jobs) < 16:
         for j in jobs:
             yield _detect_one(j)
         return
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
         yield from ex.map(_detect_one, jobs, chunksize=8)
 
 
@@ -309,11 +327,13 @@ def build_photo_cache(
     with _progress(progress, len(files), "caching photos") as bar:
         task = bar.add_task(f"caching photos ({detector} + {enc_name})", total=len(files), info="")
         results = _detections(jobs, workers)
+        n_skip = 0
         for ci in range(n_chunks):
             lo, hi = ci * _CHUNK, min(len(files), (ci + 1) * _CHUNK)
             if ci in done:
                 st, c, f, e = done[ci]
-                bar.update(task, advance=hi - lo)
+                n_skip += sum(x != "ok" for x in st)
+                bar.update(task, advance=hi - lo, info=f"skipped {n_skip}")
             else:
                 st, cr = [], []
                 for _ in range(lo, hi):
@@ -321,7 +341,7 @@ def build_photo_cache(
                     st.append(status)
                     if img is not None:
                         cr.append(img)
-                    n_skip = sum(x != "ok" for x in order_st) + sum(x != "ok" for x in st)
+                    n_skip += status != "ok"
                     bar.update(task, advance=1, info=f"skipped {n_skip}")
                 c = np.stack(cr) if cr else np.zeros((0, size, size, 3), np.uint8)
                 if len(c):

@@ -339,7 +339,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def _flatten(d: Mapping[str, Any], fields: set) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in fields:
+        if isinstance(v, dict):  # a table: no setting is itself a table
             for kk, vv in _flatten(v, fields).items():
                 if kk in out:
                     raise FacefitError(f"training setting '{kk}' appears twice in the config file")
@@ -707,9 +707,12 @@ class Trainer:
         from facefit.model_io import resolve_model
         from facefit.recognition import get_net
 
-        cfg = self.cfg
         self._resolve_resume_config()
         cfg = self.cfg
+        if not cfg.resume and (self.run_dir / CHECKPOINT_NAME).is_file():
+            raise FacefitError(
+                f"{self.run_dir} already holds a training run; resume it (--resume) or choose another --out"
+            )
         dev_kind = "cuda" if (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
         self.dist = _init_distributed(dev_kind)
         self.device = _resolve_device(cfg.device, self.dist)

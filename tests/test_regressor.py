@@ -1,0 +1,178 @@
+"""Decoder, Regressor and checkpoints (weights_only loading, model-hash check)."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from facefit.errors import FacefitError, InvalidFileError, ModelNotFoundError
+from facefit.morphable import MorphableModel
+from facefit.recognition import RecognitionNet
+from facefit.regressor import (
+    CHECKPOINT_FORMAT,
+    Decoder,
+    Regressor,
+    check_model_match,
+    decoder_from_checkpoint,
+    encode,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
+
+
+def tiny_model(seed=0, n_shape=5, n_color=2, name="tiny"):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(6, 3)).astype(np.float32) * 50
+    tri = np.array([[0, 1, 2], [2, 3, 4], [3, 4, 5]])
+    return MorphableModel(
+        name,
+        v,
+        tri,
+        shape_basis=rng.normal(size=(6, 3, n_shape)),
+        shape_std=np.ones(n_shape),
+        color_basis=rng.normal(size=(6, 3, n_color)),
+        color_std=np.ones(n_color) * 0.1,
+    )
+
+
+class FakeNet(RecognitionNet):
+    """A stand-in encoder: mean-pools and projects (no weights needed)."""
+
+    name = "fake"
+    input_size = 8
+    crop = "dlib_chip"
+    feature_dim = 6
+    embedding_dim = 6
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 6)
+        self.freeze()
+
+    def features(self, x):
+        return self.proj(x.mean(dim=(2, 3)))
+
+    def embed(self, x):
+        return torch.nn.functional.normalize(self.features(x), dim=1)
+
+
+def test_decoder_starts_at_mean_face_and_splits_outputs():
+    torch.manual_seed(0)
+    dec = Decoder(16, 5, 2, hidden=[32])
+    s, c = dec(torch.randn(4, 16))
+    assert s.shape == (4, 5) and c.shape == (4, 2)
+    assert s.abs().max() < 0.05 and c.abs().max() < 0.05
+    assert dec.config == {"in_dim": 16, "n_shape": 5, "n_color": 2, "hidden": [32]}
+
+
+def test_decoder_input_stats_standardise():
+    dec = Decoder(3, 2, 0, hidden=[])
+    f = torch.tensor([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0]])
+    dec.set_input_stats(f)
+    assert torch.allclose(dec.input_mean, torch.tensor([2.0, 20.0, 5.0]))
+    assert dec.input_std[2] == pytest.approx(1e-3)  # floored
+    with torch.no_grad():
+        dec.head.weight.copy_(torch.eye(2, 3))
+    s, c = dec(f)
+    assert torch.allclose(s[:, 0], torch.tensor([-1.0, 1.0]) / np.sqrt(2.0), atol=1e-5)
+    assert c.shape == (2, 0)
+
+
+def test_regressor_forward_and_gradients():
+    torch.manual_seed(0)
+    net = FakeNet()
+    reg = Regressor(net, Decoder(6, 5, 2, hidden=[8], init_scale=0.1), "h", "tiny")
+    crops = torch.rand(3, 3, 8, 8, requires_grad=True)
+    out = reg(crops)
+    assert out["shape_coeffs"].shape == (3, 5) and out["color_coeffs"].shape == (3, 2)
+    assert out["features"].shape == (3, 6)
+    (out["shape_coeffs"].sum() + out["color_coeffs"].sum()).backward()
+    assert reg.decoder.head.weight.grad.abs().sum() > 0
+    assert crops.grad is not None  # the frozen encoder still passes gradients to its input
+    assert all(p.grad is None for p in net.parameters())
+    reg.train(True)
+    assert reg.decoder.training and not net.training
+    f, e = encode(net, crops.detach())
+    assert f.shape == (3, 6) and torch.allclose(e.norm(dim=1), torch.ones(3))
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path):
+    model = tiny_model()
+    dec = Decoder(6, model.n_shape, model.n_color, hidden=[8], init_scale=0.5)
+    dec.set_input_stats(torch.randn(10, 6))
+    ck = make_checkpoint(dec, "fake", model.content_hash, model.name, step=7, config={"lr": 1e-3, "hidden": [8]})
+    path = save_checkpoint(ck, tmp_path / "sub" / "ck.pt")
+    # loadable with the safe loader directly
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == CHECKPOINT_FORMAT and raw["step"] == 7 and raw["encoder"] == "fake"
+    loaded = load_checkpoint(path, model=model)
+    dec2 = decoder_from_checkpoint(loaded)
+    x = torch.randn(4, 6)
+    for a, b in zip(dec(x), dec2(x)):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob("sub/.*"))  # no temporary files left
+
+
+def test_checkpoint_for_another_model_is_refused(tmp_path):
+    model_a, model_b = tiny_model(0, name="model-a"), tiny_model(1, name="model-b")
+    dec = Decoder(6, model_a.n_shape, model_a.n_color, hidden=[4])
+    path = save_checkpoint(make_checkpoint(dec, "fake", model_a.content_hash, model_a.name), tmp_path / "a.pt")
+    with pytest.raises(FacefitError) as ei:
+        load_checkpoint(path, model=model_b)
+    msg = str(ei.value)
+    assert model_a.content_hash in msg and model_b.content_hash in msg
+    assert "model-a" in msg and "model-b" in msg and "\n" not in msg
+    with pytest.raises(FacefitError):
+        check_model_match(torch.load(path, weights_only=True), model_b)
+    load_checkpoint(path, model=model_a)  # the right model is fine
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_bad_checkpoints_are_refused(tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidFileError):
+        load_checkpoint(junk)
+    evil = tmp_path / "evil.pt"
+    torch.save({"kind": "facefit-regressor", "x": _Evil()}, evil)
+    with pytest.raises(InvalidFileError):
+        load_checkpoint(evil)  # weights_only refuses arbitrary objects
+    plain = tmp_path / "plain.pt"
+    torch.save({"some": torch.zeros(2)}, plain)
+    with pytest.raises(InvalidFileError, match="not a facefit"):
+        load_checkpoint(plain)
+    newer = tmp_path / "newer.pt"
+    torch.save({"kind": "facefit-regressor", "format": CHECKPOINT_FORMAT + 1}, newer)
+    with pytest.raises(InvalidFileError, match="newer"):
+        load_checkpoint(newer)
+    pk = tmp_path / "pickle.pt"
+    pk.write_bytes(pickle.dumps({"kind": "facefit-regressor"}))
+    with pytest.raises(InvalidFileError):
+        load_checkpoint(pk)
+
+
+def test_from_checkpoint_rebuilds_encoder(tmp_path, monkeypatch):
+    from facefit import recognition
+
+    model = tiny_model()
+    recognition.register_net("fake-test", FakeNet, replace=True)
+    try:
+        dec = Decoder(6, model.n_shape, model.n_color, hidden=[4], init_scale=0.3)
+        path = save_checkpoint(make_checkpoint(dec, "fake-test", model.content_hash, model.name), tmp_path / "r.pt")
+        reg = Regressor.from_checkpoint(path, model=model)
+        assert isinstance(reg.encoder, FakeNet) and not reg.training
+        assert reg.model_hash == model.content_hash
+        x = torch.randn(2, 6)
+        assert torch.equal(reg.decode_features(x)["shape_coeffs"], dec(x)[0])
+        with pytest.raises(FacefitError):
+            Regressor.from_checkpoint(path, model=tiny_model(5))
+    finally:
+        recognition.unregister_net("fake-test")
