@@ -77,16 +77,12 @@ def model_import(
 @model_app.command("info")
 def model_info(model: Optional[str] = typer.Argument(None, help="Model name or path (default: the default model).")):
     """Show components, units, vertex/triangle counts, hash and what a model lacks."""
-    from rich.table import Table
-    from rich.console import Console
-
     from . import model_io
 
     info = model_io.model_info(model_io.resolve_model(model))
-    table = Table(show_header=False, box=None)
+    width = max(len(k) for k in info)
     for k, v in info.items():
-        table.add_row(f"[bold]{k}[/bold]", str(v))
-    Console().print(table)
+        typer.echo(f"{k:<{width}}  {v}")
 
 
 @model_app.command("list")

@@ -696,8 +696,13 @@ class Trainer:
             return
         data = json.loads(saved.read_text(encoding="utf-8"))
         new = config_to_dict(self.cfg)
+        default = config_to_dict(TrainConfig())
         for k in _RUN_CONTROL_KEYS:
-            data[k] = new[k]
+            # a setting left at its default in the resuming call keeps the run's own value
+            # (resuming without --set stage1_steps=... must not shorten a 4000-step stage 1)
+            keep_saved = k in ("stage1_steps", "stage2_steps") and new[k] == default.get(k) and k in data
+            if not keep_saved:
+                data[k] = new[k]
         data["resume"] = True
         data["out"] = new["out"]
         known = _field_types()

@@ -113,4 +113,5 @@ def test_resolve_model_falls_back_to_the_shared_zip(ict, tmp_path, monkeypatch):
     assert r.content_hash == m.content_hash
     info = model_io.model_info(r)
     assert info["vertices"] == 9409 and info["landmarks"] == 68 and info["units"] == "mm"
-    assert "no statistical colour model" in info["lacks"]
+    # ICT has no albedo; facefit's shipped statistical colour model is attached
+    assert info["color_model"].startswith("statistical") and info["color_components"] == 30
