@@ -139,6 +139,7 @@ def render_views(
         colors = torch.tensor(np.asarray(mesh.colors), dtype=torch.float32)
     else:
         colors = torch.full_like(verts, 0.75)
+    verts, colors, faces = _close_model_holes(mesh, verts, colors, faces)
     # Frame once, frontally, with the head's bounding box centre on the axis so that it
     # turns in place; a fill of 0.72 leaves room for the profile views.
     camera = Camera.from_fov(15.0, int(size))
@@ -167,6 +168,22 @@ def render_views(
         imgs = (r.images.permute(0, 2, 3, 1).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
         out.extend(list(imgs))
     return out
+
+
+def _close_model_holes(mesh: FaceMesh, verts, colors, faces):
+    """Close the eye/mouth holes of meshes of the default model for display (the saved mesh
+    keeps them); other meshes are returned unchanged."""
+    try:
+        from .model_io import resolve_model
+        from .synthetic import close_holes
+
+        model = resolve_model(None)
+    except Exception:  # no model at hand: render as is
+        return verts, colors, faces
+    if mesh.meta.get("model_hash") != model.content_hash or mesh.num_vertices != model.n_vertices:
+        return verts, colors, faces
+    v, c, f = close_holes(model, verts[None], colors[None], faces)
+    return v[0], c[0], f
 
 
 def texture_vertex_colors(mesh: FaceMesh) -> np.ndarray:
