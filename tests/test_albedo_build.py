@@ -254,8 +254,7 @@ def test_albedo_file_roundtrip_and_shipped_lookup(tmp_path):
 
 def test_shipped_ict_albedo_is_attached():
     shipped = REPO / "models" / "albedo" / "ict-face-albedo.npz"
-    if not shipped.is_file() or not (SHARED / "models" / "ICT-FaceKit").is_dir():
-        pytest.skip("shipped ICT albedo or ICT-FaceKit not available")
+    assert shipped.is_file() and (SHARED / "models" / "ICT-FaceKit").is_dir(), "shipped albedo / ../shared missing"
     assert shipped.stat().st_size < 5e6
     from facefit.model_io import convert_model, find_shared_ict
 
@@ -272,8 +271,7 @@ def test_shipped_ict_albedo_is_attached():
 
 
 def test_build_albedo_on_a_few_real_photos(tmp_path):
-    if not DEV.is_dir() or not (SHARED / "models" / "ICT-FaceKit").is_dir():
-        pytest.skip("faces-dev or ICT-FaceKit not in ../shared")
+    assert DEV.is_dir() and (SHARED / "models" / "ICT-FaceKit").is_dir(), "faces-dev / ICT-FaceKit not in ../shared"
     from facefit.model_io import convert_model, find_shared_ict
 
     model = convert_model("ict", find_shared_ict(), "face")

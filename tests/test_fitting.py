@@ -27,8 +27,7 @@ FOCAL = 0.5 * SIZE / math.tan(math.radians(7.5))
 
 @pytest.fixture(scope="module")
 def ict():
-    if not ICT_DIR.is_dir():
-        pytest.skip("ICT-FaceKit not in ../shared")
+    assert ICT_DIR.is_dir(), "ICT-FaceKit not in ../shared"
     from facefit.model_io import convert_model, find_shared_ict
 
     return convert_model("ict", find_shared_ict(), "face")

@@ -95,8 +95,7 @@ def test_default_is_dlib_and_cached(monkeypatch, tmp_path):
 
 
 def test_missing_facenet_weights_is_a_user_error(monkeypatch, tmp_path):
-    if importlib.util.find_spec("facenet_pytorch") is None:
-        pytest.skip("facenet_pytorch not installed")
+    assert importlib.util.find_spec("facenet_pytorch") is not None  # installed by scripts/setup.sh
     monkeypatch.delenv("FACEFIT_FACENET_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(ModelNotFoundError):
