@@ -209,8 +209,11 @@ def reconstruct_cmd(
             con.print(f"[yellow]skipped[/yellow] {label}: {err}", highlight=False, soft_wrap=True)
         if s.manifest is not None:
             con.print(f"manifest: {s.manifest}", highlight=False)
-    for p in s.outputs:
-        typer.echo(str(p))
+    if s.manifest is None:  # one face: list its files; a folder job has the manifest
+        for p in s.outputs:
+            typer.echo(str(p))
+    else:
+        typer.echo(str(s.manifest))
     if s.processed == 0 and s.skipped == 0:
         raise FacefitError("no face was reconstructed")
 

@@ -237,9 +237,9 @@ def _save_npz(path: Path, **arrays) -> None:
 
 def default_cache_dir() -> Path:
     """``<facefit cache>/photos`` (``$FACEFIT_CACHE`` or the user cache folder)."""
-    from facefit.recognition.base import cache_dir
+    from facefit.cache import cache_dir
 
-    return cache_dir() / "photos"
+    return cache_dir("photos")
 
 
 def build_photo_cache(

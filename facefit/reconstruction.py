@@ -482,7 +482,7 @@ def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str],
     return paths
 
 
-def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames: int = 24) -> list[Path]:
+def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames: int = 24, model=None) -> list[Path]:
     """Write the mesh (+ coefficients, + turntable) of one reconstruction atomically."""
     from .coeffs_io import save_coeffs
     from .mesh_io import save_mesh
@@ -494,7 +494,7 @@ def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames
     if "turntable" in paths:
         from .turntable import write_turntable
 
-        written.extend(write_turntable(r.mesh, paths["turntable"], frames=frames, size=render_size))
+        written.extend(write_turntable(r.mesh, paths["turntable"], frames=frames, size=render_size, model=model))
     # the mesh last: its presence marks the face as done (for skip_existing)
     written.extend(save_mesh(r.mesh, paths["mesh"]))
     return written
@@ -581,7 +581,7 @@ def run_batch(
         paths = output_paths(out_dir, out.stem if single_file else r.name, fmt, save_coeffs, render)
         if single_file:
             paths["mesh"] = out
-        written = write_outputs(r, paths, render_size)
+        written = write_outputs(r, paths, render_size, model=rec.model)
         summary.processed, summary.faces = len(pairs), 1
         summary.outputs.extend(written)
         note({"input": "fused", "outputs": [str(p) for p in written], **{k: v for k, v in r.extra.items()}})
@@ -630,7 +630,7 @@ def run_batch(
                         else:
                             paths = output_paths(out_dir, name, fmt, save_coeffs, render)
                         tw = time.perf_counter()
-                        written = write_outputs(r, paths, render_size)
+                        written = write_outputs(r, paths, render_size, model=rec.model)
                         r.timing["write"] = time.perf_counter() - tw
                         written_all.extend(written)
                     summary.processed += 1

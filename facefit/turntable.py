@@ -113,6 +113,7 @@ def render_views(
     pitch: float = 0.0,
     batch: int = 8,
     background=BACKGROUND,
+    model=None,
 ) -> list[np.ndarray]:
     """Render a mesh at several yaw angles with a fixed camera and lights.
 
@@ -122,6 +123,7 @@ def render_views(
         size: output image side in pixels.
         lighting: ``"studio"`` (fixed key + fill light) or ``"random"`` (two random point
             lights and a random colour temperature, from ``seed``, the same for all views).
+        model: the mesh's morphable model, if at hand (used to close its eye/mouth holes).
     Returns:
         list of (size, size, 3) uint8 RGB images.
     """
@@ -139,7 +141,7 @@ def render_views(
         colors = torch.tensor(np.asarray(mesh.colors), dtype=torch.float32)
     else:
         colors = torch.full_like(verts, 0.75)
-    verts, colors, faces = _close_model_holes(mesh, verts, colors, faces)
+    verts, colors, faces = _close_model_holes(mesh, verts, colors, faces, model)
     # Frame once, frontally, with the head's bounding box centre on the axis so that it
     # turns in place; a fill of 0.72 leaves room for the profile views.
     camera = Camera.from_fov(15.0, int(size))
@@ -170,16 +172,20 @@ def render_views(
     return out
 
 
-def _close_model_holes(mesh: FaceMesh, verts, colors, faces):
-    """Close the eye/mouth holes of meshes of the default model for display (the saved mesh
-    keeps them); other meshes are returned unchanged."""
-    try:
-        from .model_io import resolve_model
-        from .synthetic import close_holes
+def _close_model_holes(mesh: FaceMesh, verts, colors, faces, model=None):
+    """Close the eye/mouth holes of a mesh of ``model`` (default: the default model) for
+    display; the saved mesh keeps them. Meshes of other models are returned unchanged."""
+    from .synthetic import close_holes
 
-        model = resolve_model(None)
-    except Exception:  # no model at hand: render as is
-        return verts, colors, faces
+    if not mesh.meta.get("model_hash"):
+        return verts, colors, faces  # not a facefit model mesh
+    if model is None:
+        try:
+            from .model_io import resolve_model
+
+            model = resolve_model(None)
+        except Exception:  # no model at hand: render as is
+            return verts, colors, faces
     if mesh.meta.get("model_hash") != model.content_hash or mesh.num_vertices != model.n_vertices:
         return verts, colors, faces
     v, c, f = close_holes(model, verts[None], colors[None], faces)
@@ -227,6 +233,7 @@ def write_turntable(
     lighting: str = "studio",
     seed: int = 0,
     fps: float = 15.0,
+    model=None,
 ) -> list[Path]:
     """Write ``<out>.gif``, ``<out>.mp4`` and ``<out>_views.png`` (contact sheet).
 
@@ -241,7 +248,8 @@ def write_turntable(
     gif, mp4, sheet = _turntable_paths(Path(out))
     gif.parent.mkdir(parents=True, exist_ok=True) if not gif.parent.exists() else None
     angles = turntable_angles(int(frames), 90.0)
-    views = render_views(mesh, list(angles) + list(CONTACT_SHEET_YAWS), size=size, lighting=lighting, seed=seed)
+    views = render_views(mesh, list(angles) + list(CONTACT_SHEET_YAWS), size=size, lighting=lighting, seed=seed,
+                         model=model)
     anim, stills = views[: len(angles)], views[len(angles):]
     write_gif(anim, gif, fps=fps)
     write_mp4(anim, mp4, fps=fps)

@@ -27,7 +27,7 @@ from facefit.safe_pickle import safe_loads
 def isolated_dirs(tmp_path, monkeypatch):
     """Model store and cache in tmp; no $FACEFIT_MODEL."""
     monkeypatch.setenv("FACEFIT_MODEL_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("FACEFIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FACEFIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FACEFIT_MODEL", raising=False)
 
 

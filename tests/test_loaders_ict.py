@@ -25,7 +25,7 @@ def ict(tmp_path_factory):
     """(model, cold seconds, cached seconds, cache dir), converted once into a private cache."""
     cache = tmp_path_factory.mktemp("ict-cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FACEFIT_CACHE_DIR", str(cache))
+        mp.setenv("FACEFIT_CACHE", str(cache))
         t0 = time.perf_counter()
         cold = model_io.convert_model("ict", ICT_ZIP, "face")
         t1 = time.perf_counter()
@@ -104,7 +104,7 @@ def test_resolve_model_falls_back_to_the_shared_zip(ict, tmp_path, monkeypatch):
     """With an empty store and no $FACEFIT_MODEL, the shared ZIP is imported (from the cache)."""
     m, cache = ict[0], ict[3]
     monkeypatch.setenv("FACEFIT_MODEL_DIR", str(tmp_path / "empty-store"))
-    monkeypatch.setenv("FACEFIT_CACHE_DIR", str(cache))
+    monkeypatch.setenv("FACEFIT_CACHE", str(cache))
     monkeypatch.delenv("FACEFIT_MODEL", raising=False)
     assert model_io.find_shared_ict() == ICT_ZIP.resolve()
     t0 = time.perf_counter()

@@ -135,13 +135,10 @@ def outward_flux(points: np.ndarray, triangles: np.ndarray) -> float:
 
 
 def cache_dir() -> Path:
-    """Folder of converted models: ``$FACEFIT_CACHE_DIR`` or the user cache dir + /models."""
-    env = os.environ.get("FACEFIT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+    """Folder of converted models: ``<facefit cache>/models`` (see :mod:`facefit.cache`)."""
+    from facefit.cache import cache_dir as root
 
-    return Path(platformdirs.user_cache_dir("facefit")) / "models"
+    return root("models")
 
 
 def cached_convert(kind: str, tag: str, key_parts: Sequence[str], build: Callable[[], "object"], use_cache: bool = True):

@@ -29,21 +29,7 @@ from torch import nn
 CROPS = ("dlib_chip", "facenet_160", "arcface_112")
 
 
-def cache_dir() -> Path:
-    """Directory for facefit's derived, re-creatable files (parsed or repaired models).
-
-    ``$FACEFIT_CACHE`` if set, else ``platformdirs.user_cache_dir("facefit")``. Created if
-    missing.
-    """
-    env = os.environ.get("FACEFIT_CACHE")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        import platformdirs
-
-        path = Path(platformdirs.user_cache_dir("facefit"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from facefit.cache import cache_dir  # noqa: E402  (re-exported: parsed/repaired weights live there)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
