@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from facefit.errors import FacefitError
 
-__all__ = ["atomic_write", "atomic_output_path", "describe_os_error"]
+__all__ = ["atomic_write", "atomic_output_path", "describe_os_error", "remove_stale_temps"]
 
 # errno values raised *inside* the caller's block (its writes, a library's writes to the
 # temp file) that mean "the output location is the problem" and become FacefitError.
@@ -114,6 +114,46 @@ def _make_temp(target: Path, mkdir: bool) -> tuple[int, Path]:
     except OSError as exc:
         raise FacefitError(describe_os_error(target, exc)) from exc
     return fd, Path(name)
+
+
+def remove_stale_temps(directory: str | os.PathLike, *, older_than_s: float = 0.0) -> list[Path]:
+    """Delete temporary files left in ``directory`` by a writer that was killed.
+
+    A process killed with SIGKILL (or by a power cut) cannot clean up, so a hidden
+    ``.<name>.<random>.tmp<suffix>`` file may remain beside the target. The target
+    itself is never touched: it is either the previous complete version or absent.
+    Call this only for directories facefit owns (e.g. a training run being resumed).
+
+    Args:
+        directory: folder to clean (missing folder: nothing happens).
+        older_than_s: only delete temp files whose mtime is at least this old.
+    Returns:
+        The paths removed.
+    """
+    import time
+
+    import re
+    import time
+
+    pattern = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^./]*)?$")
+    folder = Path(directory)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        # the temp keeps its target's suffix: ".face.obj.k3j2ab_x.tmp.obj"
+        if m is None or Path(m["target"]).suffix != (m["suffix"] or "") or not p.is_file():
+            continue
+        try:
+            if now - p.stat().st_mtime < older_than_s:
+                continue
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def _remove_quietly(path: Path) -> None:

@@ -564,6 +564,10 @@ def run_batch(
         raise FacefitError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
     if not os.access(out_dir, os.W_OK):
         raise FacefitError(f"output folder {out_dir} is not writable")
+    if skip_existing:  # resuming: drop half-written files of a run that was killed
+        from .atomic import remove_stale_temps
+
+        remove_stale_temps(out_dir)
 
     rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
                         batch_size=batch_size)

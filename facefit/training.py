@@ -714,6 +714,10 @@ class Trainer:
 
         self._resolve_resume_config()
         cfg = self.cfg
+        if cfg.resume:
+            from facefit.atomic import remove_stale_temps
+
+            remove_stale_temps(self.run_dir)  # left by a run that was killed mid-write
         if not cfg.resume and (self.run_dir / CHECKPOINT_NAME).is_file():
             raise FacefitError(
                 f"{self.run_dir} already holds a training run; resume it (--resume) or choose another --out"

@@ -238,3 +238,20 @@ def test_output_path_deleted_by_library(tmp_path):
         with atomic_output_path(tmp_path / "a.png") as tmp:
             tmp.unlink()
     assert _listing(tmp_path) == []
+
+
+def test_remove_stale_temps_only_removes_our_temp_files(tmp_path):
+    from facefit.atomic import remove_stale_temps
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"good")
+    stale = tmp_path / ".checkpoint.pt.ab12cd_x.tmp.pt"
+    stale.write_bytes(b"half")
+    other = tmp_path / ".hidden"
+    other.write_text("keep")
+    user = tmp_path / ".notes.12345678.tmp.txt"  # suffix does not match its "target": not ours
+    user.write_text("keep")
+    removed = remove_stale_temps(tmp_path)
+    assert removed == [stale]
+    assert not stale.exists() and other.exists() and user.exists()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"good"
+    assert remove_stale_temps(tmp_path / "missing") == []

@@ -52,6 +52,7 @@ def test_sigkill_midway_then_skip_existing(untrained_checkpoint, tmp_path):
     assert 0 < done_first < len(photos), "the kill should land midway"
     for m in out.glob("*.obj"):  # nothing truncated
         assert load_mesh(m).vertices.shape[0] > 1000
+    (out / ".p09.obj.killed_1.tmp.obj").write_text("v 0 0 0\n")  # as a kill during a write leaves
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     meshes = sorted(p.name for p in out.glob("*.obj"))
