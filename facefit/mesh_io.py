@@ -2,8 +2,9 @@
 
 One entry point per direction, format chosen from the file suffix (as in trimesh):
 
-* :func:`save_mesh` writes ``.obj`` (+ ``.mtl`` and ``.png`` when textured), ``.ply``
-  (binary little endian) or ``.glb`` (binary glTF 2.0, through trimesh).
+* :func:`save_mesh` writes ``.obj`` (+ ``.mtl`` and ``.png`` when the mesh has UVs and a
+  texture or vertex colours), ``.ply`` (binary little endian) or ``.glb`` (binary glTF
+  2.0, through trimesh).
 * :func:`load_mesh` reads facefit's own files back exactly (vertex order, triangles,
   colours, UVs, texture, metadata, units) and other meshes (``.obj .ply .glb .gltf
   .stl .off``) as well as it can.
@@ -19,6 +20,20 @@ one JSON object, in a way each format's readers ignore:
 * GLB: ``asset.extras.facefit`` in the glTF JSON (added through trimesh's
   ``tree_postprocessor`` hook and read back by parsing the GLB's JSON chunk here,
   because trimesh does not expose ``asset.extras`` on load).
+
+Colours and materials, written so that viewers show the colours as they are:
+
+* OBJ: ``v x y z r g b`` vertex colours. A mesh with UVs also gets ``<stem>.mtl`` +
+  ``<stem>.png``: its texture, or (no texture) its vertex colours baked into a
+  512 px UV texture (:func:`facefit.texturing.bake_vertex_colors`; material
+  ``facefit_vertex_colors``, which :func:`load_mesh` recognises and skips, keeping the
+  exact vertex colours). An existing ``.png``/``.mtl`` of that name that facefit did not
+  write (e.g. the input photo ``face.png`` beside ``face.obj``) is never overwritten.
+* GLB: viewers multiply the material's base colour (factor x texture) with ``COLOR_0``.
+  Untextured meshes get a white, non-metallic, fully rough material without texture plus
+  ``COLOR_0``. Textured meshes get the texture and no ``COLOR_0``; their vertex colours
+  travel in the custom attribute ``_FACEFIT_COLOR`` (uint8 RGBA) for facefit's own round
+  trip.
 
 Texture coordinates follow the OBJ convention: ``uv`` in [0, 1], origin at the
 *bottom-left* of the texture image (texture row = (1 - v) * H). glTF stores v flipped;
@@ -38,6 +53,7 @@ import json
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +86,11 @@ ASSUMED_UNITS = {".glb": "m", ".gltf": "m"}  # everything else: mm
 
 _META_TAG = "facefit-meta"
 _VERTEX_ID_ATTR = "_FACEFIT_VERTEX_ID"
+_COLOR_ATTR = "_FACEFIT_COLOR"
 _MATERIAL_NAME = "facefit_texture"
+#: material of an untextured mesh (GLB) / of vertex colours baked into a texture (OBJ)
+_VERTEX_COLOR_MATERIAL = "facefit_vertex_colors"
+#: PNG tEXt chunk that marks a texture as written by facefit (safe to overwrite)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -222,17 +242,19 @@ def save_mesh(mesh: FaceMesh, path: str | os.PathLike, units: str | None = None)
         mesh: the mesh (vertices in mm).
         path: ``*.obj``, ``*.ply`` or ``*.glb``.
         units: ``"mm"``, ``"cm"`` or ``"m"``: vertices are scaled to this unit in the
-            file and the unit is recorded. None: mm for OBJ/PLY, m for GLB (glTF
-            viewers assume metres).
+            file and the unit is recorded. None: mm for OBJ/PLY, m for GLB (the glTF
+            spec defines metres and viewers assume them).
     Returns:
-        The files written (an OBJ with a texture also writes ``<stem>.mtl`` and
-        ``<stem>.png`` beside it). Every file is written atomically; for textured OBJ
-        the texture and material are written before the OBJ that references them.
+        The files written. An OBJ of a mesh with UVs and a texture or vertex colours also
+        writes ``<stem>.mtl`` and ``<stem>.png`` beside it (without a texture, the vertex
+        colours baked into a 512 px texture). Every file is written atomically; the
+        texture and material are written before the OBJ that references them.
     Notes:
         PLY stores positions, vertex colours (uchar RGB) and triangles; UVs and texture
         are not written to PLY. Colours are quantised to 8 bits in PLY and GLB.
     Raises:
-        FacefitError: unsupported suffix or units, output location problems.
+        FacefitError: unsupported suffix or units, output location problems, a
+            ``<stem>.png``/``<stem>.mtl`` in the way that facefit did not write.
     """
     path = Path(path)
     suffix = _suffix(path, SAVE_SUFFIXES, "write")
@@ -273,12 +295,16 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     they renamed into place, texture and material before the OBJ that refers to them.
     A failure while preparing leaves none of them behind.
     """
-    textured = mesh.texture is not None
+    bake = mesh.texture is None and mesh.uv is not None and mesh.colors is not None
+    textured = bake or mesh.texture is not None
+    material = _VERTEX_COLOR_MATERIAL if bake else _MATERIAL_NAME
+    mtl_path, png_path = obj_companions(path)
+    if textured:
+        png = _texture_png(mesh, bake)  # baking + encoding: about 10 ms for 512 px
     out = io.StringIO()
     for line in _header_lines(meta):
         out.write(f"# {line}\n")
     out.write(f"# {_META_TAG}: {_meta_json(meta)}\n")
-    mtl_path, png_path = path.with_suffix(".mtl"), path.with_suffix(".png")
     if textured:
         out.write(f"mtllib {mtl_path.name}\n")
     out.write(f"o {path.stem}\n")
@@ -290,7 +316,7 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     if mesh.uv is not None:
         out.write(_format_rows("vt %.9g %.9g", mesh.uv))
     if textured:
-        out.write(f"usemtl {_MATERIAL_NAME}\n")
+        out.write(f"usemtl {material}\n")
     if mesh.uv is not None:
         corners = np.stack([mesh.triangles + 1, mesh.uv_triangles + 1], axis=2).reshape(-1, 6)
         out.write(_format_rows("f %d/%d %d/%d %d/%d", corners))
@@ -305,19 +331,45 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
                 atomic_write(mtl_path, "w", encoding="utf-8", newline="\n")
             )
             f_png = stack.enter_context(atomic_write(png_path, "wb"))
-            _encode_png(mesh.texture, f_png)
+            f_png.write(png)
             f_mtl.write(f"# facefit {__version__}\n")
-            f_mtl.write(f"newmtl {_MATERIAL_NAME}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n")
+            if bake:
+                f_mtl.write(f"# {png_path.name}: the vertex colours of {path.name} baked into its UV layout\n")
+            f_mtl.write(f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n")
             f_mtl.write(f"map_Kd {png_path.name}\n")
         f_obj.write(out.getvalue())
     return [path, mtl_path, png_path] if textured else [path]
 
 
-def _encode_png(image: np.ndarray, f: Any) -> None:
-    """Write (H, W, 3) uint8 ``image`` as PNG to the open binary file ``f``."""
-    from PIL import Image
+def obj_companions(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The material and texture files an OBJ written by :func:`save_mesh` may have beside it:
+    ``<stem>.mtl`` and ``<stem>_texture.png`` (never ``<stem>.png``, which may be the
+    photo the mesh was made from)."""
+    path = Path(path)
+    return path.with_suffix(".mtl"), path.with_name(path.stem + "_texture.png")
 
-    Image.fromarray(image, "RGB").save(f, format="PNG")
+
+def _texture_png(mesh: FaceMesh, bake: bool) -> bytes:
+    """PNG bytes of the mesh's texture, or (``bake``) of its vertex colours baked into its UVs."""
+    if bake:
+        from facefit.texturing import BAKE_SIZE, bake_vertex_colors
+
+        texture = bake_vertex_colors(mesh.uv, mesh.uv_triangles, mesh.triangles, mesh.colors, BAKE_SIZE)
+    else:
+        texture = mesh.texture
+    # baked vertex colours are smooth and re-made on every save: fastest deflate
+    return _encode_png(texture, level=1 if bake else 6)
+
+
+def _encode_png(image: np.ndarray, level: int = 6) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 RGB ``image`` (OpenCV; zlib ``level`` 0-9)."""
+    import cv2
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", image[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
+    if not ok:
+        raise FacefitError("could not encode the texture as PNG")
+    return buf.tobytes()
 
 
 def _save_ply(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> list[Path]:
@@ -387,28 +439,41 @@ def _save_glb(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
         rgba = np.concatenate(
             [_colors_u8(mesh.colors), np.full((mesh.num_vertices, 1), 255, np.uint8)], axis=1
         )
+    ids = uv = None
     if mesh.uv is not None:
         ids, uv_index, faces = _unweld(mesh)
         uv = np.where(uv_index[:, None] >= 0, mesh.uv[np.maximum(uv_index, 0)], 0.0)
         tm = trimesh.Trimesh(vertices[ids], faces, vertex_normals=normals[ids], process=False)
-        material = None
-        if mesh.texture is not None:
-            from PIL import Image
-
-            material = trimesh.visual.material.PBRMaterial(
-                name=_MATERIAL_NAME,
-                baseColorTexture=Image.fromarray(mesh.texture, "RGB"),
-                metallicFactor=0.0,
-                roughnessFactor=1.0,
-            )
-        tm.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-        if rgba is not None:
-            tm.visual.vertex_attributes["color"] = rgba[ids]
         tm.vertex_attributes[_VERTEX_ID_ATTR] = ids.astype(np.float32)
     else:
         tm = trimesh.Trimesh(vertices, mesh.triangles, vertex_normals=normals, process=False)
-        if rgba is not None:
-            tm.visual = trimesh.visual.ColorVisuals(tm, vertex_colors=rgba)
+    # Viewers show baseColorFactor x baseColorTexture x COLOR_0 (glTF 2.0, 3.9.2); the
+    # default material (no material at all, or trimesh's for UVs without one) is metallic
+    # or grey and would darken the colours.
+    if mesh.texture is not None:
+        from PIL import Image
+
+        material = trimesh.visual.material.PBRMaterial(
+            name=_MATERIAL_NAME,
+            baseColorTexture=Image.fromarray(mesh.texture, "RGB"),
+            baseColorFactor=[1.0, 1.0, 1.0, 1.0],
+            metallicFactor=0.0,
+            roughnessFactor=1.0,
+        )
+    else:
+        material = trimesh.visual.material.PBRMaterial(
+            name=_VERTEX_COLOR_MATERIAL,
+            baseColorFactor=[1.0, 1.0, 1.0, 1.0],
+            metallicFactor=0.0,
+            roughnessFactor=1.0,
+        )
+    tm.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    if rgba is not None:
+        per_vertex = rgba if ids is None else rgba[ids]
+        if mesh.texture is None:
+            tm.visual.vertex_attributes["color"] = per_vertex  # -> COLOR_0
+        else:  # not COLOR_0: viewers would multiply it with the texture
+            tm.vertex_attributes[_COLOR_ATTR] = per_vertex
 
     def add_provenance(tree: dict) -> None:
         asset = tree.setdefault("asset", {"version": "2.0"})
@@ -438,7 +503,8 @@ def load_mesh(path: str | os.PathLike, units: str | None = None) -> FaceMesh:
         texture / meta when present. ``meta["units"]`` is "mm" and
         ``meta["file_units"]`` the unit the file was in.
     Raises:
-        InvalidFileError: missing, unreadable or corrupt file.
+        InvalidFileError: missing, unreadable or corrupt file (also: not glTF 2.0,
+            non-finite vertex coordinates).
         FacefitError: unsupported suffix or units.
     """
     path = Path(path)
@@ -448,14 +514,21 @@ def load_mesh(path: str | os.PathLike, units: str | None = None) -> FaceMesh:
     if not path.is_file():
         raise InvalidFileError(f"cannot read {path}: no such file")
     try:
+        if path.stat().st_size == 0:
+            raise InvalidFileError(f"cannot read mesh {path}: empty file")
         if suffix == ".obj":
             raw = _load_obj(path)
         else:
             raw = _load_trimesh(path, suffix)
     except FacefitError:
         raise
-    except (OSError, ValueError, IndexError, KeyError, TypeError, struct.error) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError, struct.error,
+            zlib.error, EOFError, NotImplementedError, AssertionError, RecursionError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyError):
+            msg = f"missing {msg}"
+        elif isinstance(exc, FileNotFoundError):  # e.g. a .gltf's external buffer
+            msg = f"a file it refers to is missing: {exc.filename or msg}"
         raise InvalidFileError(f"cannot read mesh {path}: {msg}") from exc
 
     recorded = raw.pop("meta")
@@ -463,6 +536,15 @@ def load_mesh(path: str | os.PathLike, units: str | None = None) -> FaceMesh:
     if file_units not in UNIT_SCALE:
         raise InvalidFileError(f"cannot read mesh {path}: unknown recorded units {file_units!r}")
     vertices = raw.pop("vertices").astype(np.float64) / UNIT_SCALE[file_units]
+    bad = ~np.isfinite(vertices).all(axis=1)
+    if bad.any():
+        raise InvalidFileError(
+            f"cannot read mesh {path}: {int(bad.sum())} of {len(vertices)} vertices have non-finite "
+            f"(NaN or infinite) coordinates, the first is vertex number {int(np.argmax(bad)) + 1}"
+        )
+    for key in ("colors", "uv"):
+        if raw.get(key) is not None and not np.isfinite(raw[key]).all():
+            raise InvalidFileError(f"cannot read mesh {path}: non-finite (NaN or infinite) {key}")
     try:
         return FaceMesh(vertices=vertices, meta=_loaded_meta(recorded, file_units), **raw)
     except ValueError as exc:
@@ -552,7 +634,10 @@ def _load_obj(path: Path) -> dict:
     if uvs and faces and faces_without_uv == 0:
         raw["uv"] = np.asarray(uvs, dtype=np.float64)
         raw["uv_triangles"] = np.asarray(uv_faces, dtype=np.int64).reshape(-1, 3)
-        raw["texture"] = _obj_texture(path, mtllibs, first_material)
+        if first_material == _VERTEX_COLOR_MATERIAL and "colors" in raw:
+            raw["texture"] = None  # facefit's bake of the colours just read: keep them exact
+        else:
+            raw["texture"] = _obj_texture(path, mtllibs, first_material)
     return raw
 
 
@@ -624,6 +709,11 @@ def _load_trimesh(path: Path, suffix: str) -> dict:
     meta = None
     if suffix == ".ply":
         meta = _recorded_meta_ply(path)
+    elif suffix == ".gltf":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a glTF (JSON) file: {exc}") from exc
     elif suffix == ".glb":
         tree = _glb_json(path)
         if tree is not None:
@@ -639,6 +729,7 @@ def _load_trimesh(path: Path, suffix: str) -> dict:
 
     vertices = np.asarray(tm.vertices, dtype=np.float64)
     faces = np.asarray(tm.faces, dtype=np.int64).reshape(-1, 3)
+    custom = tm.vertex_attributes if hasattr(tm, "vertex_attributes") else {}
     visual = tm.visual
     colors = uv = texture = None
     if getattr(visual, "kind", None) == "vertex":
@@ -648,14 +739,18 @@ def _load_trimesh(path: Path, suffix: str) -> dict:
             uv = np.asarray(visual.uv, dtype=np.float64)
         vcol = visual.vertex_attributes.get("color") if hasattr(visual, "vertex_attributes") else None
         if vcol is not None and len(vcol) == len(vertices):
-            vcol = np.asarray(vcol)
-            colors = vcol[:, :3].astype(np.float64)
-            if vcol.dtype.kind in "ui":  # glTF normalised integer colours
-                colors = colors / float(np.iinfo(vcol.dtype).max)
-        texture = _trimesh_texture(visual.material) if uv is not None else None
+            colors = _normalised_colors(np.asarray(vcol))
+        material = getattr(visual, "material", None)
+        if uv is not None and (meta is None or getattr(material, "name", None) == _MATERIAL_NAME):
+            # a facefit file has a texture only in its own material (older versions wrote
+            # trimesh's default 2x2 grey one for meshes with UVs but no texture)
+            texture = _trimesh_texture(material)
+    ext_colors = custom.get(_COLOR_ATTR)
+    if colors is None and ext_colors is not None and len(ext_colors) == len(vertices):
+        colors = _normalised_colors(np.asarray(ext_colors))
 
     raw: dict[str, Any] = {"meta": meta}
-    ids = tm.vertex_attributes.get(_VERTEX_ID_ATTR) if hasattr(tm, "vertex_attributes") else None
+    ids = custom.get(_VERTEX_ID_ATTR)
     if ids is not None and len(ids) == len(vertices):
         # weld a facefit GLB back: new vertex k is original vertex ids[k]
         ids = np.rint(np.asarray(ids, dtype=np.float64).reshape(-1)).astype(np.int64)
@@ -674,6 +769,14 @@ def _load_trimesh(path: Path, suffix: str) -> dict:
     if uv is not None:
         raw.update(uv=uv, uv_triangles=faces, texture=texture)
     return raw
+
+
+def _normalised_colors(c: np.ndarray) -> np.ndarray:
+    """(V, 3|4) float or normalised-integer colours -> (V, 3) float64 RGB in [0, 1]."""
+    colors = c.reshape(len(c), -1)[:, :3].astype(np.float64)
+    if c.dtype.kind in "ui":  # glTF normalised integer colours
+        colors = colors / float(np.iinfo(c.dtype).max)
+    return colors
 
 
 def _single_mesh(loaded: Any) -> Any:

@@ -84,7 +84,7 @@ def load_renderable(path: str | os.PathLike, model=None) -> FaceMesh:
         model: model name/path for coefficient files (default: the default model); its
             hash must match the one recorded in the file.
     """
-    from .coeffs_io import load_coeffs
+    from .coeffs_io import check_coeffs_fit_model, load_coeffs
     from .model_io import resolve_model
 
     path = Path(path)
@@ -99,6 +99,7 @@ def load_renderable(path: str | os.PathLike, model=None) -> FaceMesh:
                 f"{path.name} was made with model '{rec.get('model_name', '?')}' ({want}) but the model in use is "
                 f"'{m.name}' ({m.content_hash}); pass --model"
             )
+        check_coeffs_fit_model(rec, m, path)
         return mesh_from_coeffs(m, rec["shape_coeffs"], rec.get("color_coeffs"), rec.get("expr_coeffs"),
                                 meta={"source": path.name})
     return load_mesh(path)

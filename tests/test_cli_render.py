@@ -106,3 +106,53 @@ def test_model_fetch_offline_fails_clearly(capsys, tmp_path, monkeypatch):
     rc, _, err = run(["model", "fetch", "ict"], capsys)
     assert rc == 1 and err.startswith("error:") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_render_bad_meshes_fail_with_one_line_naming_the_file(tmp_path, capsys):
+    nan_obj = tmp_path / "nan face.obj"
+    nan_obj.write_text("v 0 0 0\nv 10 0 0\nv 0 nan 0\nv 0 0 inf\nf 1 2 3\nf 1 2 4\n")
+    rc, out, err = run(["render", str(nan_obj), "-o", str(tmp_path / "a.png"), "--size", "32"], capsys)
+    assert rc == 1 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+    assert "nan face.obj" in err and "non-finite" in err and "2 of 4 vertices" in err
+    assert "Traceback" not in err and not (tmp_path / "a.png").exists()
+
+    # not glTF 2 (a glTF 1 header): trimesh raises NotImplementedError
+    old = tmp_path / "garbage.glb"
+    old.write_bytes(b"glTF\x01\x00\x00\x00" + b"\x00" * 40)
+    rc, _, err = run(["render", str(old), "-o", str(tmp_path / "b.png"), "--size", "32"], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "cannot read mesh" in err and "garbage.glb" in err
+    assert "NotImplementedError" not in err and "FACEFIT_DEBUG" not in err
+    assert not (tmp_path / "b.png").exists()
+
+    junk = tmp_path / "junk.glb"
+    junk.write_bytes(b"not a gltf file at all" * 4)
+    rc, _, err = run(["render", str(junk), "-o", str(tmp_path / "c.png"), "--size", "32"], capsys)
+    assert rc == 1 and "cannot read mesh" in err and "junk.glb" in err and "FACEFIT_DEBUG" not in err
+
+
+def test_render_mesh_that_covers_no_pixel_gives_background(tmp_path, capsys):
+    # a single triangle seen from behind (culled) in every view of a still
+    v = np.array([[-50, -50, 0], [0, 50, 0], [50, -50, 0]], np.float32)  # clockwise from +z: back face
+    save_mesh(FaceMesh(v, np.array([[0, 1, 2]]), colors=np.full((3, 3), 0.9, np.float32)), tmp_path / "back.ply")
+    rc, _, err = run(["render", str(tmp_path / "back.ply"), "-o", str(tmp_path / "back.png"), "--size", "32"], capsys)
+    assert rc == 0, err
+    img = np.asarray(Image.open(tmp_path / "back.png").convert("RGB")).astype(int)
+    assert (img == img[0, 0]).all() and abs(img[0, 0, 0] - img[0, 0, 2]) < 3  # plain grey background
+
+
+def test_render_glb_and_textured_obj_written_by_save_mesh(tmp_path, capsys):
+    """Meshes with UVs (baked OBJ texture, GLB with COLOR_0) render in their vertex colours."""
+    v = np.array([[-50, -50, 0], [50, -50, 0], [50, 50, 0], [-50, 50, 0]], np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    c = np.tile([[0.1, 0.2, 0.9]], (4, 1)).astype(np.float32)
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    mesh = FaceMesh(v, f, colors=c, uv=uv, uv_triangles=f)
+    for name in ("sq.obj", "sq.glb"):
+        save_mesh(mesh, tmp_path / name)
+        rc, _, err = run(["render", str(tmp_path / name), "-o", str(tmp_path / f"{name}.png"), "--size", "48"],
+                         capsys)
+        assert rc == 0, err
+        centre = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")).astype(int)[20:28, 20:28]
+        assert (centre[..., 2] > centre[..., 0] + 60).all(), name  # blue, not grey or dark
+    assert (tmp_path / "sq_texture.png").is_file()  # the OBJ's baked texture

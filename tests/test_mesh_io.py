@@ -77,11 +77,11 @@ def test_textured_obj_round_trip(tmp_path):
     mesh = _random_mesh(seed=2, textured=True)
     path = tmp_path / "face.obj"
     written = save_mesh(mesh, path)
-    assert sorted(p.name for p in written) == ["face.mtl", "face.obj", "face.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face.png"]
+    assert sorted(p.name for p in written) == ["face.mtl", "face.obj", "face_texture.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face_texture.png"]
     text = path.read_text()
     assert "mtllib face.mtl" in text and "usemtl" in text
-    assert "map_Kd face.png" in (tmp_path / "face.mtl").read_text()
+    assert "map_Kd face_texture.png" in (tmp_path / "face.mtl").read_text()
     face_line = next(line for line in text.splitlines() if line.startswith("f "))
     assert len(face_line.split()[1].split("/")) == 2  # f v/vt
     loaded = load_mesh(path)
@@ -258,11 +258,273 @@ def test_accepts_torch_tensors(tmp_path):
 def test_textured_obj_failure_writes_none_of_the_three_files(tmp_path, monkeypatch):
     import facefit.mesh_io as mesh_io
 
-    def broken(image, f):
-        f.write(b"\x89PNG partial")
+    def broken(image, **kwargs):
         raise RuntimeError("png encoder crashed")
 
     monkeypatch.setattr(mesh_io, "_encode_png", broken)
     with pytest.raises(RuntimeError, match="png encoder"):
         save_mesh(_random_mesh(seed=10, textured=True), tmp_path / "face.obj")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- colours, materials
+
+
+def _glb_tree(path):
+    glb = path.read_bytes()
+    (length,) = struct.unpack("<I", glb[12:16])
+    return json.loads(glb[20 : 20 + length])
+
+
+def _uv_mesh(seed=11, colors=True):
+    """A mesh with UVs (seams) and vertex colours but no texture, like facefit's outputs."""
+    m = _random_mesh(seed=seed, textured=True, colors=colors)
+    return FaceMesh(m.vertices, m.triangles, m.colors, m.uv, m.uv_triangles, None, m.meta)
+
+
+@pytest.mark.parametrize("with_uv", [True, False])
+def test_untextured_glb_white_material_and_color0(tmp_path, with_uv):
+    mesh = _uv_mesh() if with_uv else _random_mesh(seed=12)
+    path = tmp_path / "face.glb"
+    save_mesh(mesh, path, units="mm")
+    tree = _glb_tree(path)
+    prim = tree["meshes"][0]["primitives"][0]
+    assert "COLOR_0" in prim["attributes"]
+    assert ("TEXCOORD_0" in prim["attributes"]) == with_uv
+    material = tree["materials"][prim["material"]]
+    pbr = material["pbrMetallicRoughness"]
+    # viewers show baseColorFactor x COLOR_0: white, dielectric, rough, no texture
+    assert pbr["baseColorFactor"] == [1.0, 1.0, 1.0, 1.0]
+    assert pbr["metallicFactor"] == 0.0 and pbr["roughnessFactor"] == 1.0
+    assert "baseColorTexture" not in pbr
+    assert not tree.get("images") and not tree.get("textures")
+    loaded = load_mesh(path)
+    assert loaded.texture is None
+    np.testing.assert_allclose(loaded.colors, mesh.colors, atol=0.5 / 255 + 1e-6)
+    _assert_same_geometry(loaded, mesh)
+    if with_uv:
+        _assert_same_uv(loaded, mesh)
+
+
+def test_textured_glb_has_no_color0_but_keeps_vertex_colours(tmp_path):
+    mesh = _random_mesh(seed=13, textured=True)
+    path = tmp_path / "face.glb"
+    save_mesh(mesh, path)
+    tree = _glb_tree(path)
+    prim = tree["meshes"][0]["primitives"][0]
+    # viewers would multiply texture x COLOR_0: colours only in facefit's own attribute
+    assert "COLOR_0" not in prim["attributes"]
+    assert "_FACEFIT_COLOR" in prim["attributes"] and "TEXCOORD_0" in prim["attributes"]
+    pbr = tree["materials"][prim["material"]]["pbrMetallicRoughness"]
+    assert "baseColorTexture" in pbr and pbr.get("baseColorFactor", [1.0] * 4) == [1.0] * 4
+    assert pbr["metallicFactor"] == 0.0
+    loaded = load_mesh(path)
+    np.testing.assert_array_equal(loaded.texture, mesh.texture)
+    np.testing.assert_allclose(loaded.colors, mesh.colors, atol=0.5 / 255 + 1e-6)
+    _assert_same_geometry(loaded, mesh)
+
+
+def test_textured_glb_without_colours(tmp_path):
+    mesh = _random_mesh(seed=14, textured=True, colors=False)
+    save_mesh(mesh, tmp_path / "t.glb")
+    attrs = _glb_tree(tmp_path / "t.glb")["meshes"][0]["primitives"][0]["attributes"]
+    assert "COLOR_0" not in attrs and "_FACEFIT_COLOR" not in attrs
+    loaded = load_mesh(tmp_path / "t.glb")
+    assert loaded.colors is None
+    np.testing.assert_array_equal(loaded.texture, mesh.texture)
+
+
+def test_old_facefit_glb_dummy_texture_is_ignored(tmp_path):
+    """Earlier versions let trimesh add its default 2x2 grey texture to meshes with UVs."""
+    import trimesh
+    from trimesh.exchange.gltf import export_glb
+
+    tm = trimesh.Trimesh(np.random.default_rng(0).random((3, 3)) * 50, [[0, 1, 2]], process=False)
+    tm.visual = trimesh.visual.TextureVisuals(uv=np.random.default_rng(1).random((3, 2)), material=None)
+    tm.visual.vertex_attributes["color"] = np.full((3, 4), 200, np.uint8)
+
+    def facefit_extras(tree):
+        tree["asset"].setdefault("extras", {})["facefit"] = {"units": "mm", "facefit_version": "0.0.1"}
+
+    data = export_glb(trimesh.Scene(tm), tree_postprocessor=facefit_extras)
+    (tmp_path / "old.glb").write_bytes(data)
+    assert _glb_tree(tmp_path / "old.glb").get("images")  # the dummy texture is in the file
+    loaded = load_mesh(tmp_path / "old.glb")
+    assert loaded.texture is None and loaded.uv is not None
+    np.testing.assert_allclose(loaded.colors, 200 / 255, atol=1e-6)
+
+
+def test_obj_with_uv_bakes_vertex_colours_into_texture(tmp_path):
+    from PIL import Image
+
+    mesh = _uv_mesh(seed=15)
+    path = tmp_path / "face.obj"
+    written = save_mesh(mesh, path)
+    assert sorted(p.name for p in written) == ["face.mtl", "face.obj", "face_texture.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face_texture.png"]
+    text = path.read_text()
+    assert "mtllib face.mtl" in text and "usemtl facefit_vertex_colors" in text
+    v_line = next(line for line in text.splitlines() if line.startswith("v "))
+    assert len(v_line.split()) == 7  # v x y z r g b: vertex colours kept
+    mtl = (tmp_path / "face.mtl").read_text()
+    assert "newmtl facefit_vertex_colors" in mtl and "map_Kd face_texture.png" in mtl
+    with Image.open(tmp_path / "face_texture.png") as im:
+        assert im.size == (512, 512) and im.mode == "RGB"
+        png = np.asarray(im)
+    from facefit.texturing import bake_vertex_colors
+
+    np.testing.assert_array_equal(png, bake_vertex_colors(mesh.uv, mesh.uv_triangles, mesh.triangles,
+                                                          mesh.colors, 512))
+    # facefit reads its own bake back as the exact vertex colours, no texture
+    loaded = load_mesh(path)
+    _assert_same_geometry(loaded, mesh)
+    assert loaded.texture is None
+    np.testing.assert_allclose(loaded.colors, mesh.colors, atol=1e-5)
+    np.testing.assert_allclose(loaded.uv, mesh.uv, atol=1e-7)
+    np.testing.assert_array_equal(loaded.uv_triangles, mesh.uv_triangles)
+    # other readers see the texture
+    import trimesh
+
+    tm = trimesh.load(str(path), process=False, force="mesh")
+    assert tm.visual.kind == "texture" and tm.visual.material.image.size == (512, 512)
+    # saving again over facefit's own files is fine
+    assert save_mesh(mesh, path) == written
+
+
+def test_obj_with_uv_without_colours_writes_only_the_obj(tmp_path):
+    save_mesh(_uv_mesh(seed=16, colors=False), tmp_path / "plain.obj")
+    assert [p.name for p in tmp_path.iterdir()] == ["plain.obj"]
+    assert load_mesh(tmp_path / "plain.obj").uv is not None
+
+
+def test_texture_never_overwrites_the_photo_beside_the_mesh(tmp_path):
+    """face.png next to face.obj is typically the photo: the texture is face_texture.png."""
+    from PIL import Image
+
+    photo = tmp_path / "face.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(photo)  # e.g. the input photo
+    before = photo.read_bytes()
+    written = save_mesh(_uv_mesh(seed=17), tmp_path / "face.obj")
+    assert sorted(p.name for p in written) == ["face.mtl", "face.obj", "face_texture.png"]
+    assert photo.read_bytes() == before
+    assert "map_Kd face_texture.png" in (tmp_path / "face.mtl").read_text()
+
+
+def test_bake_vertex_colors_interpolates_and_pads():
+    from facefit.texturing import bake_vertex_colors, uv_raster
+
+    # one triangle covering the lower-left half of the texture (below the diagonal u = v)
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    tri = np.array([[0, 1, 2]])
+    colors = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    S = 16
+    tex = bake_vertex_colors(uv, tri, tri, colors, size=S)
+    assert tex.shape == (S, S, 3) and tex.dtype == np.uint8
+    raster = uv_raster(uv, tri, S)
+    assert 0.4 < raster.coverage < 0.6
+    # texel (i, j): centre uv = ((j + .5) / S, 1 - (i + .5) / S); barycentrics of that point
+    i, j = 12, 10
+    u, v = (j + 0.5) / S, 1 - (i + 0.5) / S
+    assert u > v  # covered
+    expected = np.array([1 - u, u - v, v]) @ colors * 255
+    np.testing.assert_allclose(tex[i, j], expected, atol=1.0)
+    # covered iff the centre is on the triangle's side of the diagonal: i + j + 1 >= S
+    assert raster.mask[i, j] and not raster.mask[7, 7] and raster.mask[8, 7]
+    assert raster.mask.sum() == len(raster.texels) == S * (S + 1) // 2
+    # uncovered texels copy the nearest covered texel: no black anywhere
+    assert tex.sum(-1).min() > 100
+    assert any((tex[7, 7] == tex[a, b]).all() for a, b in ((8, 7), (7, 8)))  # at distance 1
+    # the far corner's nearest covered texels are the middle of the diagonal
+    assert any((tex[0, 0] == tex[a, b]).all() for a, b in ((8, 7), (7, 8)))
+    # cached per layout: the same raster object, new colours cost only the gather
+    assert uv_raster(uv.copy(), tri.copy(), S) is raster
+    grey = bake_vertex_colors(uv, tri, tri, np.full((3, 3), 0.5), size=S)
+    assert (grey == 128).all()
+
+
+def test_bake_degenerate_layout_and_bad_input():
+    from facefit.texturing import bake_vertex_colors
+
+    uv = np.zeros((3, 2))  # zero-area charts cover no texel
+    tri = np.array([[0, 1, 2]])
+    colors = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    tex = bake_vertex_colors(uv, tri, tri, colors, size=8)
+    assert (tex == np.array([85, 85, 85])).all()  # the mean colour
+    with pytest.raises(FacefitError, match="colors"):
+        bake_vertex_colors(uv, tri, tri, colors[:, :2], size=8)
+    with pytest.raises(FacefitError, match="out of range"):
+        bake_vertex_colors(uv, tri, tri + 5, colors, size=8)
+
+
+def _grid_layout(n=40):
+    """n x n vertex grid, its triangles split over two UV charts (left and right half)."""
+    g = np.stack(np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n)), -1).reshape(-1, 2)
+    q = (np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None]).reshape(-1)
+    tri = np.concatenate([np.stack([q, q + 1, q + n + 1], 1), np.stack([q, q + n + 1, q + n], 1)])
+    uv = np.concatenate([g * [0.49, 1.0], g * [0.49, 1.0] + [0.51, 0.0]])
+    uv_tri = tri.copy()
+    uv_tri[len(q):] += len(g)  # second half of the triangles in the second chart
+    return g, tri, uv, uv_tri
+
+
+def test_baked_texture_shows_vertex_colours_at_their_uvs():
+    from facefit.texturing import bake_vertex_colors
+
+    g, tri, uv, uv_tri = _grid_layout()
+    colors = np.stack([g[:, 0], g[:, 1], 1 - g[:, 0] * g[:, 1]], 1)  # smooth, not symmetric
+    S = 256
+    tex = bake_vertex_colors(uv, uv_tri, tri, colors, size=S).astype(float) / 255
+    # nearest texel of every triangle corner's uv (v up: row = (1 - v) * S)
+    corner_uv = uv[uv_tri.ravel()]
+    col = np.clip((corner_uv[:, 0] * S).astype(int), 0, S - 1)
+    row = np.clip(((1 - corner_uv[:, 1]) * S).astype(int), 0, S - 1)
+    np.testing.assert_allclose(tex[row, col], colors[tri.ravel()], atol=0.03)
+
+
+def test_bake_is_cheap_once_cached():
+    import time
+
+    from facefit.texturing import bake_vertex_colors
+
+    rng = np.random.default_rng(0)
+    g, tri, uv, uv_tri = _grid_layout()  # ~3k triangles
+    bake_vertex_colors(uv, uv_tri, tri, rng.random((len(g), 3)), size=256)  # builds the cache
+    t0 = time.perf_counter()
+    for _ in range(5):
+        bake_vertex_colors(uv, uv_tri, tri, rng.random((len(g), 3)), size=256)
+    assert (time.perf_counter() - t0) / 5 < 0.05  # a few ms; generous for a loaded CI machine
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize("suffix", [".obj", ".ply"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_vertices_are_refused(tmp_path, suffix, bad):
+    mesh = _random_mesh(seed=20)
+    v = mesh.vertices.copy()
+    v[7, 1] = bad
+    path = tmp_path / f"broken{suffix}"
+    save_mesh(FaceMesh(v, mesh.triangles, mesh.colors), path)
+    with pytest.raises(InvalidFileError, match=r"broken\.\w+: 1 of 60 vertices have non-finite") as exc_info:
+        load_mesh(path)
+    assert "vertex number 8" in str(exc_info.value) and "\n" not in str(exc_info.value)
+
+
+def test_not_gltf2_is_an_invalid_file(tmp_path):
+    glb1 = tmp_path / "old.glb"
+    glb1.write_bytes(b"glTF\x01\x00\x00\x00" + struct.pack("<I", 40) + b"\x00" * 28)
+    with pytest.raises(InvalidFileError, match=r"cannot read mesh .*old\.glb"):
+        load_mesh(glb1)
+    gltf1 = tmp_path / "old.gltf"
+    gltf1.write_text('{"asset": {"version": "1.0"}}')
+    with pytest.raises(InvalidFileError, match=r"cannot read mesh .*old\.gltf"):
+        load_mesh(gltf1)
+    not_json = tmp_path / "junk.gltf"
+    not_json.write_text("{not json")
+    with pytest.raises(InvalidFileError, match="not a glTF"):
+        load_mesh(not_json)
+    empty = tmp_path / "empty.glb"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidFileError, match="empty file"):
+        load_mesh(empty)

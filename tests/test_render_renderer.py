@@ -126,3 +126,47 @@ def test_random_render_params_reproducible_and_usable():
     warm = int(p.kelvin.argmin())
     cold = int(p.kelvin.argmax())
     assert mean_rgb[warm, 0] / mean_rgb[warm, 2] > mean_rgb[cold, 0] / mean_rgb[cold, 2]
+
+
+@pytest.mark.parametrize("case", ["back_facing", "nan_vertex", "off_screen"])
+def test_nothing_covered_gives_background_only(case):
+    from facefit.render import Camera, phong_shade, frontal_lights
+    from facefit.render.interpolate import interpolate
+
+    camera = Camera.from_fov(15.0, 24)
+    verts = torch.tensor([[[-30.0, -30.0, 0.0], [30.0, -30.0, 0.0], [0.0, 30.0, 0.0]]])
+    faces = torch.tensor([[0, 1, 2]])  # counter-clockwise seen from +z: front-facing
+    if case == "back_facing":
+        faces = faces.flip(1)
+    elif case == "nan_vertex":
+        verts[0, 1, 0] = float("nan")
+    else:
+        verts = verts + torch.tensor([5000.0, 0.0, 0.0])
+    colors = torch.full_like(verts, 0.7).requires_grad_()
+    verts = verts.requires_grad_()
+    bg = torch.tensor([0.2, 0.4, 0.6])
+    out = render(verts, faces, colors, camera, t=torch.tensor([[0.0, 0.0, 400.0]]), background=bg)
+    assert out.fragments.pix_index.numel() == 0
+    assert out.images.shape == (1, 3, 24, 24) and out.alpha.shape == (1, 1, 24, 24)
+    assert torch.equal(out.images, bg.view(1, 3, 1, 1).expand(1, 3, 24, 24))
+    assert (out.alpha == 0).all() and not out.mask.any()
+    out.images.sum().backward()  # differentiable (zero gradients), no crash
+    assert torch.equal(colors.grad, torch.zeros_like(colors))
+    assert interpolate(colors.detach(), faces, out.fragments).shape == (1, 24, 24, 3)
+    # the deferred shader with no pixels at all
+    empty = torch.zeros(1, 0, 3)
+    assert phong_shade(empty, empty, empty, frontal_lights(1)).shape == (1, 0, 3)
+
+
+def test_empty_image_in_a_batch_does_not_disturb_the_others():
+    verts, f, colors, camera, t = _setup(B=2, size=32)
+    ref = render(verts[:1], f, colors[:1], camera, t=t[:1])
+    verts = verts.clone()
+    verts[1] = float("nan")
+    out = render(verts, f, colors, camera, t=t, background=torch.tensor([1.0, 0.0, 0.0]))
+    assert out.mask[0].sum() > 100 and not out.mask[1].any()
+    assert (out.alpha[1] == 0).all()
+    assert torch.equal(out.images[1], torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 32, 32))
+    # image 0 as if rendered alone (background only differs where alpha < 1)
+    inside = ref.alpha[0, 0] == 1
+    assert torch.allclose(out.images[0][:, inside], ref.images[0][:, inside], atol=1e-6)

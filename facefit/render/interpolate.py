@@ -26,8 +26,9 @@ def _interpolate_soa(attrs_soa: torch.Tensor, faces: torch.Tensor, fragments: Fr
     vid = faces.t().contiguous().index_select(1, fragments.pix_face)  # (3, N)
     if attrs_soa.shape[1] != V:  # batched
         vid = vid + fragments.batch_index * V
-    N = vid.shape[1]
-    v0, v1, v2 = attrs_soa.index_select(1, vid.reshape(-1)).view(-1, 3, N).unbind(1)
+    C, N = attrs_soa.shape[0], vid.shape[1]
+    # explicit C (not -1): N == 0 (nothing covered) must give (C, 0), not a reshape error
+    v0, v1, v2 = attrs_soa.index_select(1, vid.reshape(-1)).view(C, 3, N).unbind(1)
     w0, w1, w2 = fragments.pix_bary.t().to(attrs_soa.dtype).unbind(0)
     return v0 * w0 + v1 * w1 + v2 * w2
 

@@ -227,6 +227,7 @@ def render(
     if light_color is None:
         light_color = verts.new_ones(B, 3)
     bidx = frags.batch_index
+    L = lights.positions.shape[1]  # explicit: N may be 0 (nothing covered)
 
     def per_pixel(x):
         x = torch.as_tensor(x, dtype=dt, device=dev)
@@ -236,7 +237,7 @@ def render(
         pos,
         nrm,
         kd,
-        _per_pixel_rows(lights.positions.reshape(B, -1), bidx).view(-1, 3, bidx.numel()),  # (L, 3, N)
+        _per_pixel_rows(lights.positions.reshape(B, -1), bidx).view(L, 3, bidx.numel()),  # (L, 3, N)
         _per_pixel_rows(lights.intensities, bidx),  # (L, N)
         lights.ambient.index_select(0, bidx),
         _per_pixel_rows(light_color.to(device=dev, dtype=dt), bidx),  # (3, N)

@@ -308,7 +308,7 @@ def phong_shade(
     soa = lambda x: x.reshape(-1, 3).t()  # noqa: E731  (B*S, 3) -> (3, B*S)
     lights = lights.to(device=dev, dtype=dt)
     rows = lambda x: x.contiguous().index_select(0, bidx).t().contiguous()  # noqa: E731  (B, K) -> (K, N)
-    lp = rows(lights.positions.reshape(B, -1)).view(-1, 3, bidx.numel())  # (L, 3, N)
+    lp = rows(lights.positions.reshape(B, -1)).view(lights.positions.shape[1], 3, bidx.numel())  # (L, 3, N)
     li = rows(lights.intensities)  # (L, N)
     amb = lights.ambient.index_select(0, bidx)
     if light_color is None:
