@@ -66,6 +66,8 @@ __all__ = [
     "rotation_vector_to_matrix",
     "cpu_threads",
     "DEFAULT_FOV_DEG",
+    "MIN_LANDMARK_SPREAD_PX",
+    "MIN_LANDMARK_ASPECT",
     "JAW",
     "CHIN",
 ]
@@ -304,8 +306,53 @@ def _as_batch_landmarks(landmarks68) -> Tuple[torch.Tensor, bool]:
     if not lm.is_floating_point():
         lm = lm.to(torch.get_default_dtype())
     if not bool(torch.isfinite(lm).all()):
-        raise FacefitError("landmarks contain non-finite values")
+        bad = torch.nonzero(~torch.isfinite(lm).all(-1).all(-1)).flatten().tolist()
+        which = "" if single else f" (photo {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})"
+        raise FacefitError(f"landmarks contain non-finite values (NaN or inf){which}")
+    _check_spread(lm, single)
     return lm, single
+
+
+#: Smallest RMS distance (pixels) of 68 landmarks from their centroid that :func:`fit_landmarks`
+#: accepts; a detected face's is about a third of its width (>= ~10 px for any detector).
+MIN_LANDMARK_SPREAD_PX = 1.0
+#: Smallest ratio of the landmarks' minor to major RMS spread (principal axes); real faces,
+#: also in profile, are ~0.5-1; collinear points give 0.
+MIN_LANDMARK_ASPECT = 0.05
+
+
+def _check_spread(lm: torch.Tensor, single: bool) -> None:
+    """Refuse degenerate landmark sets: (nearly) one point, or (nearly) on one line.
+
+    Args:
+        lm: (B, 68, 2) finite landmarks.
+        single: the caller passed one (68, 2) set (error messages then name no photo).
+    Raises:
+        FacefitError: the landmarks of some photo have an RMS spread below
+            :data:`MIN_LANDMARK_SPREAD_PX` or a minor/major axis ratio below
+            :data:`MIN_LANDMARK_ASPECT`.
+    """
+    x = lm.double()
+    xc = x - x.mean(1, keepdim=True)
+    cov = xc.transpose(1, 2) @ xc / x.shape[1]  # (B, 2, 2)
+    ev = torch.linalg.eigvalsh(cov).clamp_min(0.0)  # ascending
+    rms = ev.sum(-1).sqrt()
+    aspect = (ev[:, 0] / ev[:, 1].clamp_min(1e-300)).sqrt()
+    bad = (rms < MIN_LANDMARK_SPREAD_PX) | (aspect < MIN_LANDMARK_ASPECT)
+    if not bool(bad.any()):
+        return
+    for i in torch.nonzero(bad).flatten().tolist()[:1]:  # name the first bad photo
+        who = "" if single else f" of photo {i}"
+        if float(rms[i]) < MIN_LANDMARK_SPREAD_PX:
+            raise FacefitError(
+                f"landmarks{who} are degenerate: the 68 points lie within {float(rms[i]):.3g} px (RMS) of "
+                f"their centroid (need >= {MIN_LANDMARK_SPREAD_PX:g} px); pass detected face landmarks in pixels"
+            )
+        if float(aspect[i]) < MIN_LANDMARK_ASPECT:
+            raise FacefitError(
+                f"landmarks{who} are degenerate: the 68 points lie (nearly) on one line "
+                f"(minor/major spread {float(aspect[i]):.3g}, need >= {MIN_LANDMARK_ASPECT:g})"
+            )
 
 
 def _image_sizes(image_size, B: int, device) -> torch.Tensor:
@@ -445,7 +492,9 @@ def fit_landmarks(
     Returns:
         :class:`FitResult` (batch dimension kept even for a single (68, 2) input).
     Raises:
-        FacefitError: the model has no landmarks, or bad input shapes / values.
+        FacefitError: the model has no landmarks, or bad input shapes / values: non-finite
+            landmarks, degenerate ones (all 68 within :data:`MIN_LANDMARK_SPREAD_PX` of their
+            centroid, or on one line), non-finite or negative weights or focal length.
     """
     kwargs = dict(locals())
     kwargs.pop("threads")
@@ -527,8 +576,8 @@ def _fit_landmarks(
             f0 = 0.5 * short / math.tan(math.radians(fov_deg) / 2.0)
         focal = f0
     focal0 = torch.as_tensor(focal).to(dev, dt).reshape(-1).expand(B).clone()
-    if bool((focal0 <= 0).any()):
-        raise FacefitError("focal length must be positive")
+    if not bool(torch.isfinite(focal0).all()) or bool((focal0 <= 0).any()):
+        raise FacefitError("focal length must be a positive finite number")
 
     # ---- landmark weights
     w_lm = lm.new_ones(B, 68)
@@ -536,8 +585,11 @@ def _fit_landmarks(
         lw = torch.as_tensor(np.asarray(landmark_weights) if not isinstance(landmark_weights, torch.Tensor) else landmark_weights)
         w_lm = w_lm * lw.to(dev, dt).reshape(-1, 68)
     w_lm[:, list(JAW)] *= float(contour_weight)
-    if bool((w_lm < 0).any()):
-        raise FacefitError("landmark weights must be non-negative")
+    if not bool(torch.isfinite(w_lm).all()) or bool((w_lm < 0).any()):
+        raise FacefitError("landmark weights must be finite and non-negative")
+    if bool(((w_lm > 0).sum(1) < 6).any()):
+        raise FacefitError("landmark weights leave fewer than 6 landmarks with a positive weight in some photo; "
+                           "a pose cannot be fitted to that")
 
     # ---- the vertex subset that can be a landmark
     lms = np.asarray(model.landmarks)

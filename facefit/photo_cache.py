@@ -19,6 +19,10 @@ saved in chunks (``photos-<key>.part-NNNNN.npz``) while it runs, so an interrupt
 resumes where it stopped. Detection runs in worker processes (``workers``; forked on
 Linux).
 
+Progress: on a terminal (or in Jupyter) a rich progress bar; when the console is not a
+terminal (``nohup``, SLURM, CI logs), where rich would show nothing until the end, one
+plain line per chunk instead (photos done/total, skipped, photos per second, ETA).
+
 Everything read back is plain arrays (``np.load(allow_pickle=False)``).
 """
 from __future__ import annotations
@@ -42,6 +46,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "CACHE_FORMAT",
     "PhotoSet",
+    "interactive_console",
+    "format_duration",
     "list_images",
     "cache_key",
     "build_photo_cache",
@@ -213,6 +219,37 @@ def _encode_crops(net, crops: np.ndarray, batch_size: int, device) -> tuple[np.n
     return np.concatenate(feats), np.concatenate(embs)
 
 
+def interactive_console() -> bool:
+    """Whether rich's console shows live progress bars: a terminal or Jupyter.
+
+    When it does not (output redirected to a file or pipe: ``nohup``, SLURM, CI logs), a
+    rich ``Progress`` prints nothing until it stops, so long jobs print plain lines instead.
+    """
+    import rich
+
+    con = rich.get_console()  # the console rich's progress bars draw on (stdout)
+    if con.is_jupyter:
+        return True
+    if os.environ.get("TTY_INTERACTIVE") == "0":  # rich's switch for "no live display"
+        return False
+    # rich.live redraws only on a terminal that is not "dumb" (is_terminal follows
+    # sys.stdout as it is now, FORCE_COLOR and TTY_COMPATIBLE)
+    return bool(con.is_terminal and not con.is_dumb_terminal)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``H:MM:SS`` (``"?"`` for None or a non-finite value)."""
+    if seconds is None or not np.isfinite(seconds):
+        return "?"
+    s = int(round(max(0.0, float(seconds))))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _plain_line(text: str) -> None:
+    """One progress line on stdout (where rich's progress bar would be), flushed at once."""
+    print(text, file=sys.stdout, flush=True)
+
+
 def _progress(enabled: bool, total: int, description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -269,7 +306,8 @@ def build_photo_cache(
         workers: detection processes (default ``min(4, cpu_count)``; 1 = in process).
         batch_size: encoder batch size.
         device: where to run the encoder (default: the net's device).
-        progress: show a rich progress bar (on stderr).
+        progress: show progress: a rich bar on a terminal, else one plain line per chunk
+            on stdout (:func:`interactive_console`).
         rebuild: ignore an existing cache.
     Returns:
         :class:`PhotoSet`.
@@ -324,10 +362,16 @@ def build_photo_cache(
     t0 = time.perf_counter()
     order_st: list[str] = []
     order_c, order_f, order_e = [], [], []
-    with _progress(progress, len(files), "caching photos") as bar:
-        task = bar.add_task(f"caching photos ({detector} + {enc_name})", total=len(files), info="")
+    plain = progress and not interactive_console()
+    title = f"caching photos ({detector} + {enc_name})"
+    if plain:
+        _plain_line(f"{title}: {len(files)} files under {root} in {n_chunks} chunk(s) of {_CHUNK}, "
+                    f"{len(done)} already done, cache {npz}")
+    with _progress(progress and not plain, len(files), "caching photos") as bar:
+        task = bar.add_task(title, total=len(files), info="")
         results = _detections(jobs, workers)
         n_skip = 0
+        n_new = 0  # photos processed in this call (the rate and ETA count only these)
         for ci in range(n_chunks):
             lo, hi = ci * _CHUNK, min(len(files), (ci + 1) * _CHUNK)
             if ci in done:
@@ -350,6 +394,17 @@ def build_photo_cache(
                     f = np.zeros((0, int(net.feature_dim)), np.float32)
                     e = np.zeros((0, int(net.embedding_dim)), np.float32)
                 _save_npz(parts[ci], status=np.asarray(st), crops=c, features=f, embeddings=e)
+                n_new += hi - lo
+            if plain:
+                elapsed = time.perf_counter() - t0
+                rate = n_new / elapsed if n_new and elapsed > 0 else None
+                left = sum(min(len(files), (cj + 1) * _CHUNK) - cj * _CHUNK
+                           for cj in range(ci + 1, n_chunks) if cj not in done)
+                eta = left / rate if rate else (0.0 if not left else None)
+                how = "from an earlier pass" if ci in done else (f"{rate:.1f} photos/s" if rate else "")
+                _plain_line(f"{title}: chunk {ci + 1}/{n_chunks}, {hi}/{len(files)} photos "
+                            f"({100.0 * hi / len(files):.0f}%), skipped {n_skip}, {how}, "
+                            f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")
             order_st += st
             order_c.append(c)
             order_f.append(f)

@@ -65,6 +65,7 @@ from facefit.synthetic import (
 
 __all__ = [
     "TrainConfig",
+    "resolve_loss_weights",
     "load_config",
     "override",
     "config_to_dict",
@@ -91,6 +92,8 @@ _RUN_CONTROL_KEYS = (
     "device",
     "threads",
     "log_every",
+    "print_every",
+    "print_seconds",
     "checkpoint_every",
     "sample_every",
     "cache_workers",
@@ -119,10 +122,15 @@ class TrainConfig:
             synthetic faces and real photos per stage-2 step; views: renders per photo
             for the identity loss.
     Losses:
-        w_shape, w_color: weights inside the parameter and loopback losses;
-        w_param, w_id, w_batch, w_loop: weights of the four terms; batch_loss, loopback:
-        switch those terms off; batch_reduction: ``"sum"`` (paper) or ``"mean"`` over
-        coefficients.
+        w_shape, w_color: weights inside the parameter and loopback losses; None (the
+            default) = the morphable model's default (:func:`facefit.losses.default_param_weights`:
+            the paper's 0.4 / 0.002 for a Basel Face Model, 0.05 / 0.05 for the others);
+            the resolved numbers are what a run saves in ``config.json``/``config.toml``;
+        w_param, w_id, w_batch, w_loop: weights of the four terms; ``w_id`` None (the
+            default) = the encoder's default (:func:`facefit.losses.default_identity_weight`:
+            1000 for dlib, the paper's 1 for FaceNet), resolved and saved like ``w_shape``;
+        batch_loss, loopback: switch those terms off; batch_reduction: ``"sum"`` (paper)
+        or ``"mean"`` over coefficients.
     Optimiser:
         lr, lr_final (cosine decay to this fraction of ``lr`` over the whole run; 1 =
         constant), weight_decay, grad_clip (max gradient norm; 0 = off), hidden (decoder
@@ -135,8 +143,10 @@ class TrainConfig:
         seed, device (``"auto"``: CUDA when present), threads (torch CPU threads; None =
         torch's default), deterministic (``torch.use_deterministic_algorithms``),
         max_steps (stop at this global step), max_time (seconds for this call),
-        log_every (progress-bar refresh), checkpoint_every, sample_every, n_samples,
-        out (run directory), resume.
+        log_every (progress-bar refresh), print_every / print_seconds (when the console is
+        not a terminal: one plain progress line every this many steps or seconds,
+        whichever comes first; 0 switches that trigger off), checkpoint_every,
+        sample_every, n_samples, out (run directory), resume.
     """
 
     # model and data
@@ -159,10 +169,10 @@ class TrainConfig:
     batch_real: int = 8
     views: int = 3
     # losses
-    w_shape: float = L.DEFAULT_W_SHAPE
-    w_color: float = L.DEFAULT_W_COLOR
+    w_shape: Optional[float] = None
+    w_color: Optional[float] = None
     w_param: float = 1.0
-    w_id: float = 1.0
+    w_id: Optional[float] = None
     w_batch: float = 10.0
     w_loop: float = 0.07
     batch_loss: bool = True
@@ -196,6 +206,8 @@ class TrainConfig:
     max_steps: Optional[int] = None
     max_time: Optional[float] = None
     log_every: int = 1
+    print_every: int = 50
+    print_seconds: float = 30.0
     checkpoint_every: int = 250
     sample_every: int = 250
     n_samples: int = 4
@@ -206,9 +218,14 @@ class TrainConfig:
         """Check values; returns self. Raises FacefitError (one line) on a bad value."""
         if self.stage not in ("1", "2", "both"):
             raise FacefitError(f"stage must be '1', '2' or 'both', got {self.stage!r}")
-        for k in ("stage1_steps", "stage2_steps", "batch_synthetic", "checkpoint_every", "sample_every", "n_samples"):
+        for k in ("stage1_steps", "stage2_steps", "batch_synthetic", "checkpoint_every", "sample_every", "n_samples",
+                  "print_every"):
             if int(getattr(self, k)) < 0:
                 raise FacefitError(f"{k} must be >= 0, got {getattr(self, k)}")
+        for k in ("w_shape", "w_color", "w_id", "print_seconds"):
+            v = getattr(self, k)
+            if v is not None and not (math.isfinite(float(v)) and float(v) >= 0):
+                raise FacefitError(f"{k} must be a number >= 0, got {v}")
         if self.stage in ("1", "both") and self.batch_stage1 < 1:
             raise FacefitError(f"batch_stage1 must be >= 1, got {self.batch_stage1}")
         if self.stage in ("2", "both") and self.stage2_steps > 0:
@@ -254,7 +271,7 @@ def _field_types() -> dict[str, Any]:
 
 
 _OPTIONAL_INT = frozenset({"max_steps", "threads", "max_photos", "cache_workers"})
-_OPTIONAL_FLOAT = frozenset({"max_time"})
+_OPTIONAL_FLOAT = frozenset({"max_time", "w_shape", "w_color", "w_id"})
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -405,6 +422,31 @@ def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> None:
         fh.write("\n".join(lines) + "\n")
     with atomic_write(run_dir / "config.json", "w", mkdir=True) as fh:
         json.dump(d, fh, indent=2)
+
+
+def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
+    """``config`` with ``w_shape``/``w_color``/``w_id`` left at None replaced by defaults.
+
+    Explicit values always win; see :func:`facefit.losses.default_param_weights` for the
+    parameter weights (0.4 / 0.002 for a Basel Face Model, 0.05 / 0.05 otherwise) and
+    :func:`facefit.losses.default_identity_weight` for ``w_id`` (1000 with dlib's ResNet,
+    whose cosine similarities are compressed; the paper's 1 with FaceNet).
+
+    Args:
+        config: a configuration (possibly with None weights).
+        model: the run's :class:`~facefit.morphable.MorphableModel`.
+    Returns:
+        A TrainConfig whose ``w_shape`` and ``w_color`` are numbers.
+    """
+    if config.w_shape is not None and config.w_color is not None and config.w_id is not None:
+        return config
+    ws, wc = L.default_param_weights(model)
+    return dataclasses.replace(
+        config,
+        w_shape=float(ws if config.w_shape is None else config.w_shape),
+        w_color=float(wc if config.w_color is None else config.w_color),
+        w_id=float(L.default_identity_weight(config.encoder) if config.w_id is None else config.w_id),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -671,12 +713,75 @@ class _StopFlag:
         self._old.clear()
 
 
+class _PlainProgress:
+    """Plain progress lines for consoles that are not terminals (rank 0 only).
+
+    A line is printed after the first step of a call, then whenever ``every`` steps or
+    ``seconds`` seconds have passed since the last line (whichever comes first; 0 switches
+    a trigger off), and after the last step::
+
+        step 150/4000 (3.8%) stage 1 | 0.251 s/step | loss=1.234 param=1.234 | elapsed 0:00:37 | ETA 0:16:02
+
+    ``s/step`` is the mean over the steps since the previous line; the ETA is the number of
+    steps left (up to ``max_steps`` when set) times the mean step time of the last
+    :attr:`WINDOW` steps, capped by what is left of ``max_time``. Stage-2 steps are slower
+    than stage-1 steps, so during stage 1 the ETA of a two-stage run is optimistic.
+    """
+
+    WINDOW = 50
+
+    def __init__(self, total: int, end: int, every: int, seconds: float, max_time: Optional[float],
+                 t_start: float, write=None) -> None:
+        self.total, self.end = int(total), int(end)
+        self.every, self.seconds = int(every), float(seconds)
+        self.max_time = max_time
+        self.t_start = t_start
+        self.write = write or (lambda text: print(text, flush=True))
+        self.times: list[float] = []
+        self.last_line_t = t_start
+        self.since_line: list[float] = []
+        self.lines = 0
+
+    def update(self, step: int, stage: str, dt: float, terms: Mapping[str, float]) -> Optional[str]:
+        """Record a finished step (``step`` = steps done so far); returns the printed line, if any."""
+        from facefit.photo_cache import format_duration
+
+        now = time.perf_counter()
+        self.times = (self.times + [dt])[-self.WINDOW:]
+        self.since_line.append(dt)
+        due = (
+            self.lines == 0
+            or step >= self.end
+            or (self.every > 0 and len(self.since_line) >= self.every)
+            or (self.seconds > 0 and now - self.last_line_t >= self.seconds)
+        )
+        if not due:
+            return None
+        mean_dt = sum(self.times) / len(self.times)
+        eta = max(0, self.end - step) * mean_dt
+        if self.max_time is not None:
+            eta = min(eta, max(0.0, float(self.max_time) - (now - self.t_start)))
+        info = " ".join(f"{k}={terms[k]:.4g}" for k in ("loss", "param", "id", "batch", "loop") if k in terms)
+        pct = 100.0 * step / max(1, self.total)
+        line = (f"step {step}/{self.total} ({pct:.1f}%) stage {stage} | "
+                f"{sum(self.since_line) / len(self.since_line):.3f} s/step | {info} | "
+                f"elapsed {format_duration(now - self.t_start)} | ETA {format_duration(eta)}")
+        self.write(line)
+        self.lines += 1
+        self.last_line_t = now
+        self.since_line = []
+        return line
+
+
 class Trainer:
     """Holds the state of one training run; :func:`train` is the usual entry point.
 
     Args:
         config: the configuration (validated).
-        progress: show a rich progress bar (rank 0 only).
+        progress: show progress (rank 0 only): a rich progress bar when the console is a
+            terminal (or Jupyter), else plain lines every ``print_every`` steps /
+            ``print_seconds`` seconds (:class:`_PlainProgress`) so that a run whose output
+            goes to a file (``nohup``, SLURM, CI) shows signs of life.
     """
 
     def __init__(self, config: TrainConfig, progress: bool = True) -> None:
@@ -736,8 +841,14 @@ class Trainer:
         random.seed(cfg.seed)
 
         self.model = resolve_model(cfg.model)
+        self.cfg = cfg = resolve_loss_weights(cfg, self.model)
         kw = {"weights": cfg.encoder_weights} if cfg.encoder_weights else {}
         self.net = get_net(cfg.encoder, device=self.device, **kw)
+        if not getattr(self.net, "differentiable", True):
+            raise FacefitError(
+                f"identity network '{cfg.encoder}' is not differentiable (evaluation only): training needs "
+                "gradients through it for the identity loss; use a differentiable one, e.g. dlib (default) or facenet"
+            )
         self.syn_settings = SyntheticSettings(
             render_size=cfg.render_size,
             crop=self.net.crop,
@@ -1043,8 +1154,14 @@ class Trainer:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            disable=not (self.progress and self.dist.main),
+            disable=not (self.progress and self.dist.main) or self._plain_mode(),
         )
+
+    def _plain_mode(self) -> bool:
+        """True when progress is wanted here but the console is not interactive."""
+        from facefit.photo_cache import interactive_console
+
+        return bool(self.progress and self.dist.main and not interactive_console())
 
     def run(self) -> dict[str, Any]:
         """Train until the schedule, ``max_steps``, ``max_time`` or a signal ends it."""
@@ -1056,6 +1173,15 @@ class Trainer:
         log_fh = open(self.run_dir / LOG_NAME, "a", encoding="utf-8") if self.dist.main else None
         self.stop.install()
         steps_done = 0
+        plain = None
+        if self._plain_mode():
+            end = min(total, int(cfg.max_steps)) if cfg.max_steps is not None else total
+            plain = _PlainProgress(total, end, cfg.print_every, cfg.print_seconds, cfg.max_time, t_start)
+            what = f"resuming at step {self.step}" if self.resumed_from is not None else "starting"
+            print(f"training {self.run_dir}: {what}, {total} steps (stage 1: {cfg.stage1_total}, stage 2: "
+                  f"{cfg.stage2_total}), device {self.device}, encoder {self.net.name}, model {self.model.name}, "
+                  f"w_shape={cfg.w_shape:g} w_color={cfg.w_color:g} w_id={cfg.w_id:g}; a line every {cfg.print_every} steps or "
+                  f"{cfg.print_seconds:g} s", flush=True)
         try:
             with self._progress_bar() as bar:
                 task = bar.add_task("train", total=total, completed=self.step, stage=self.stage_of(self.step), step_time="", info="")
@@ -1079,6 +1205,8 @@ class Trainer:
                     if self.step % max(1, cfg.log_every) == 0 or self.step == total:
                         info = " ".join(f"{k}={terms[k]:.4g}" for k in ("loss", "param", "id", "batch", "loop") if k in terms)
                         bar.update(task, completed=self.step, stage=self.stage_of(step), step_time=f"{dt:.2f}s/step", info=info)
+                    if plain is not None:
+                        plain.update(self.step, self.stage_of(step), dt, terms)
                     if not all(math.isfinite(v) for v in terms.values()):
                         raise FacefitError(f"training diverged at step {step} (non-finite loss); lower lr")
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < total:
@@ -1133,7 +1261,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     Args:
         config: a :class:`TrainConfig` (e.g. from :func:`load_config`).
-        progress: show a rich progress bar with step time and current losses.
+        progress: show progress with step time and current losses: a rich bar on a
+            terminal, plain lines otherwise (see :class:`Trainer`).
     Returns:
         Run summary dict: ``run_dir``, ``step``, ``total_steps``, ``steps_this_call``,
         ``stage``, ``stopped`` (``"done"``, ``"max_steps"``, ``"max_time"``,

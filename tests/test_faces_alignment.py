@@ -1,8 +1,11 @@
-"""Alignment transforms and warps: cv2 / dlib equivalence, differentiability."""
+"""Alignment transforms and warps: cv2 / dlib equivalence, differentiability.
+
+The dlib comparisons need dlib and face_recognition_models (dependencies) and faces-dev in
+../shared; a missing one fails the tests (no skips).
+"""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,9 +30,14 @@ from facefit.faces.alignment import (
     warp_tensor,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEV = SHARED / "data" / "faces-dev"
-needs_dev = pytest.mark.skipif(not DEV.is_dir(), reason="faces-dev not available")
+from conftest import DEV
+
+
+@pytest.fixture(scope="module")
+def dev():
+    """The faces-dev folder; missing ../shared data fails (project rule, no skip)."""
+    assert DEV.is_dir(), f"faces-dev not in ../shared ({DEV})"
+    return DEV
 
 
 def _smooth_image(h=64, w=80, seed=0) -> np.ndarray:
@@ -170,7 +178,6 @@ def _dlib_shape(points: np.ndarray):
     return dlib.full_object_detection(dlib.rectangle(0, 0, 10, 10), parts)
 
 
-@needs_dev
 @pytest.mark.parametrize(
     "rel",
     [
@@ -179,13 +186,13 @@ def _dlib_shape(points: np.ndarray):
         "Barack_Obama/face_recognition_obama1.jpg",  # large face: dlib uses a pyramid level
     ],
 )
-def test_dlib_chip_matches_dlib(rel):
-    dlib = pytest.importorskip("dlib")
-    pytest.importorskip("face_recognition_models")
+def test_dlib_chip_matches_dlib(dev, rel):
+    import dlib
+
     from facefit.faces.detection import detect_faces
     from facefit.faces.images import load_image
 
-    img = load_image(DEV / rel)
+    img = load_image(dev / rel)
     face = detect_faces(img, backend="dlib")[0]
     shape5 = _dlib_shape(face.dlib5)
     ref = dlib.get_face_chip(img, shape5, 150, 0.25)
@@ -217,15 +224,12 @@ def test_dlib_chip_matches_dlib(rel):
         assert np.abs(warped.astype(int) - ref.astype(int)).max() <= 2
 
 
-@needs_dev
-def test_photo_and_render_crops_agree():
+def test_photo_and_render_crops_agree(dev):
     """align_rendered on a photo tensor equals crop_for_net on the photo (same points)."""
-    pytest.importorskip("dlib")
-    pytest.importorskip("face_recognition_models")
     from facefit.faces.detection import detect_faces
     from facefit.faces.images import load_image
 
-    img = load_image(DEV / "Tony_Blair/Tony_Blair_0002.jpg")
+    img = load_image(dev / "Tony_Blair/Tony_Blair_0002.jpg")
     face = detect_faces(img)[0]
     t = torch.from_numpy(img).permute(2, 0, 1)[None].double() / 255.0
     lm = torch.from_numpy(face.landmarks68)[None]

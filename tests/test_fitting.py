@@ -10,6 +10,7 @@ import torch
 
 from facefit.errors import FacefitError
 from facefit.fitting import (
+    MIN_LANDMARK_SPREAD_PX,
     FitResult,
     contour_candidates,
     fit_landmarks,
@@ -159,3 +160,47 @@ def test_single_photo_and_errors(ict):
     bad[0, 0] = np.nan
     with pytest.raises(FacefitError):
         fit_landmarks(ict, bad, (SIZE, SIZE))
+
+
+def test_degenerate_landmarks_are_refused(ict):
+    s = synth(ict, B=2, seed=3)
+    good = s["screen"][:, torch.tensor(ict.landmarks), :2].clone()  # (2, 68, 2)
+    same = np.full((68, 2), 120.0)  # 68 identical points
+    with pytest.raises(FacefitError, match=r"degenerate: the 68 points lie within 0 px"):
+        fit_landmarks(ict, same, (SIZE, SIZE), steps=5)
+    jitter = same + 1e-3 * np.random.default_rng(0).standard_normal((68, 2))  # a speck, not a face
+    with pytest.raises(FacefitError, match="degenerate"):
+        fit_landmarks(ict, jitter, (SIZE, SIZE), steps=5)
+    line = np.stack([np.linspace(60, 190, 68), np.linspace(80, 100, 68)], 1)  # collinear
+    with pytest.raises(FacefitError, match="on one line"):
+        fit_landmarks(ict, line, (SIZE, SIZE), steps=5)
+    # in a batch, the message names the bad photo
+    batch = good.clone()
+    batch[1] = torch.as_tensor(same)
+    with pytest.raises(FacefitError, match="landmarks of photo 1 are degenerate"):
+        fit_landmarks(ict, batch, (SIZE, SIZE), steps=5)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        bad = good.clone()
+        bad[1, 30, 0] = bad_value
+        with pytest.raises(FacefitError, match=r"non-finite values \(NaN or inf\) \(photo 1\)"):
+            fit_landmarks(ict, bad, (SIZE, SIZE), steps=5)
+    allnan = np.full((68, 2), np.nan)
+    with pytest.raises(FacefitError, match="non-finite"):
+        fit_landmarks(ict, allnan, (SIZE, SIZE), steps=5)
+    # other inputs that would give NaN fits
+    with pytest.raises(FacefitError, match="focal length"):
+        fit_landmarks(ict, good, (SIZE, SIZE), steps=5, focal=float("nan"))
+    w = np.ones(68)
+    w[5] = np.nan
+    with pytest.raises(FacefitError, match="landmark weights must be finite"):
+        fit_landmarks(ict, good, (SIZE, SIZE), steps=5, landmark_weights=w)
+    with pytest.raises(FacefitError, match="fewer than 6 landmarks"):
+        fit_landmarks(ict, good, (SIZE, SIZE), steps=5, landmark_weights=np.zeros(68))
+    # the messages are one line
+    with pytest.raises(FacefitError) as info:
+        fit_landmarks(ict, same, (SIZE, SIZE), steps=5)
+    assert "\n" not in str(info.value)
+    # real landmarks, small but plausible (a ~40 px face), still fit
+    small = (good[0] - good[0].mean(0)) * 0.3 + SIZE / 2
+    res = fit_landmarks(ict, small, (SIZE, SIZE), fit_shape=False, steps=20, focal=FOCAL)
+    assert torch.isfinite(res.landmark_error_px).all() and res.face_scale_px.item() > MIN_LANDMARK_SPREAD_PX

@@ -90,3 +90,28 @@ def test_gradients_of_identity_and_batch_losses():
     s = torch.tensor([[2.0], [2.0]], requires_grad=True)
     L.batch_distribution_loss(s).backward()
     assert torch.all(s.grad > 0)  # mean 2 is pulled down
+
+
+def test_default_param_weights_per_model():
+    from types import SimpleNamespace
+
+    # the sources facefit's loaders record (facefit/loaders/*.py)
+    for source in ("Basel Face Model 2017/2019 (Statismo HDF5)", "Basel Face Model 2009 (01_MorphableModel.mat)"):
+        m = SimpleNamespace(meta={"source": source})
+        assert L.is_basel_model(m)
+        assert L.default_param_weights(m) == (L.BFM_W_SHAPE, L.BFM_W_COLOR) == (0.4, 0.002)
+    for source in ("ICT-FaceKit", "FLAME", "", None):
+        m = SimpleNamespace(meta={"source": source} if source is not None else {})
+        assert not L.is_basel_model(m)
+        assert L.default_param_weights(m) == (L.DEFAULT_W_SHAPE, L.DEFAULT_W_COLOR) == (0.05, 0.05)
+    assert not L.is_basel_model(SimpleNamespace())  # no meta at all
+
+
+def test_default_param_weights_of_real_models(default_model):
+    # the shipped default (ICT-FaceKit) model, and the same arrays recorded as a BFM
+    assert default_model.meta["source"] == "ICT-FaceKit"
+    assert L.default_param_weights(default_model) == (0.05, 0.05)
+    bfm = default_model.replace(meta={**default_model.meta, "source": "Basel Face Model 2009 (01_MorphableModel.mat)"})
+    assert L.default_param_weights(bfm) == (0.4, 0.002)
+    # the provenance survives a rename
+    assert L.is_basel_model(bfm.with_name("my-bfm"))

@@ -18,9 +18,8 @@ from facefit.recognition.facenet import (
     resolve_facenet_weights,
 )
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("facenet_pytorch") is None, reason="facenet_pytorch not installed"
-)
+# facenet_pytorch is installed by scripts/setup.sh: a missing one fails the tests (no skip)
+assert importlib.util.find_spec("facenet_pytorch") is not None, "facenet_pytorch not installed (scripts/setup.sh)"
 
 
 @pytest.fixture(scope="module")

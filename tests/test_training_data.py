@@ -1,5 +1,5 @@
 """Training data: synthetic faces (render -> crop pipeline, hole filling, framing) and the
-real-photo cache."""
+real-photo cache (faces-dev must be in ../shared: a missing folder fails, no skip)."""
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,13 @@ from facefit.synthetic import (
     synthetic_batch,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-FACES_DEV = REPO.parent / "shared" / "data" / "faces-dev"
+from conftest import DEV as FACES_DEV
+
+
+@pytest.fixture
+def dev():
+    assert FACES_DEV.is_dir(), f"faces-dev not in ../shared ({FACES_DEV})"
+    return FACES_DEV
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +97,7 @@ def test_eye_and_mouth_holes_are_closed(model):
     assert lm.shape == (1, 68, 3)
 
 
-@pytest.mark.skipif(not FACES_DEV.is_dir(), reason="../shared/data/faces-dev not available")
-def test_photo_cache_skips_counts_and_reuses(tmp_path):
+def test_photo_cache_skips_counts_and_reuses(tmp_path, dev):
     data = tmp_path / "photos"
     (data / "a").mkdir(parents=True)
     srcs = sorted((FACES_DEV / "Bill_Gates").iterdir())[:2]
@@ -126,8 +130,7 @@ def test_photo_cache_skips_counts_and_reuses(tmp_path):
     assert ps3.cache_file != ps.cache_file and len(ps3) == 3
 
 
-@pytest.mark.skipif(not FACES_DEV.is_dir(), reason="../shared/data/faces-dev not available")
-def test_photo_cache_resumes_after_interruption(tmp_path, monkeypatch):
+def test_photo_cache_resumes_after_interruption(tmp_path, monkeypatch, capsys, dev):
     from facefit import photo_cache
 
     data = tmp_path / "photos"
@@ -152,6 +155,15 @@ def test_photo_cache_resumes_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(photo_cache, "_detect_one", real)
     calls.clear()
     monkeypatch.setattr(photo_cache, "_detect_one", lambda job: (calls.append(job[0]), real(job))[1])
-    ps = build_photo_cache(data, cache_dir=cache, workers=1, progress=False)
+    capsys.readouterr()
+    ps = build_photo_cache(data, cache_dir=cache, workers=1, progress=True)
     assert len(ps) == 3 and len(calls) == 1  # only the missing photo was processed again
     assert not list(cache.glob("*.part-*"))
+    # stdout is not a terminal here (as under nohup / SLURM): one plain line per chunk
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("caching photos (dlib + dlib): 3 files under") and "2 already done" in out[0]
+    chunks = [ln for ln in out if ": chunk " in ln]
+    assert [ln.split(": chunk ")[1].split(",")[0] for ln in chunks] == ["1/3", "2/3", "3/3"]
+    assert "1/3 photos (33%)" in chunks[0] and "from an earlier pass" in chunks[0]
+    assert "3/3 photos (100%), skipped 0," in chunks[2] and "photos/s" in chunks[2] and chunks[2].endswith("ETA 0:00:00")
+    assert not any("━" in ln for ln in out)

@@ -7,13 +7,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FACES_DEV = REPO.parent / "shared" / "data" / "faces-dev"
-
-pytestmark = pytest.mark.skipif(not FACES_DEV.is_dir(), reason="../shared/data/faces-dev not available")
 
 WORKER = textwrap.dedent(
     """
@@ -45,6 +42,8 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_on_cpu(tmp_path):
     from facefit.photo_cache import build_photo_cache
+
+    assert FACES_DEV.is_dir(), f"faces-dev not in ../shared ({FACES_DEV})"  # missing data fails, no skip
 
     data = tmp_path / "data"
     for person in ("Barack_Obama", "Bill_Gates"):

@@ -331,11 +331,19 @@ def _detect_dlib(image: np.ndarray):
     return out
 
 
+#: Side of MTCNN's smallest window (P-Net's 12x12 input); smaller images hold no face for it.
+_MTCNN_MIN_SIDE = 12
+
+
 def _detect_mtcnn(image: np.ndarray, min_size: float, min_score: float):
     import torch
 
-    m = _mtcnn()
     small, scale = downscale_for_detection(image, DETECTION_MAX_SIDE)
+    if min(small.shape[:2]) < _MTCNN_MIN_SIDE:
+        # facenet_pytorch builds an empty image pyramid and fails in torch.cat (ValueError);
+        # an image that small cannot show a face: "no face", as the other backends say.
+        return []
+    m = _mtcnn()
     with _LOCK:
         m.min_face_size = int(max(12, min(min_size * scale, 0.9 * min(small.shape[:2]))))
         with torch.no_grad():

@@ -10,7 +10,8 @@ Everything a user may hand us with an image suffix goes through :func:`load_imag
 * 16-bit greyscale (PNG/TIFF ``I;16``) is scaled to 8 bit with ``round(v / 257)``, so 65535
   maps to 255 and the full range is kept (not truncated); 16-bit RGB is reduced to 8 bit by
   Pillow's decoder (most significant byte). 32-bit integer images are treated as 16-bit when
-  their maximum exceeds 255; float images as [0, 1] when their maximum is <= 1, else as 0-255.
+  their maximum exceeds 255; float images as [0, 1] unless their maximum exceeds
+  :data:`FLOAT_0_255_ABOVE` (1.5), then as 0-255 (the rule of :func:`as_rgb_uint8`).
 * Animated images (GIF, APNG, WebP): the first frame.
 * Decompression bombs are refused from the header alone, before any pixel is decoded:
   more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS` = 100 megapixels,
@@ -36,6 +37,7 @@ from facefit.errors import InvalidFileError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FLOAT_0_255_ABOVE",
     "load_image",
     "as_rgb_uint8",
     "downscale_for_detection",
@@ -55,6 +57,49 @@ def _name(path: PathLike) -> str:
     return os.fspath(path)
 
 
+#: Float images whose largest finite value exceeds this are taken as 0-255, not [0, 1]: a
+#: [0, 1] image a little out of range (sharpening, colour correction) stays [0, 1], while a
+#: 0-255 image (``uint8_image.astype(float)``) with a maximum this low would be black anyway.
+FLOAT_0_255_ABOVE = 1.5
+
+
+def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float pixels -> uint8: [0, 1] scaled by 255, or 0-255 (max > :data:`FLOAT_0_255_ABOVE`)
+    as is; rounded and clipped; NaN -> 0, +-inf clipped."""
+    a = np.asarray(a, dtype=np.float64)
+    finite = a[np.isfinite(a)]
+    if not (finite.size and finite.max() > FLOAT_0_255_ABOVE):
+        a = a * 255.0
+    return np.clip(np.rint(np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)), 0, 255).astype(np.uint8)
+
+
+def _int_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Integer (or bool) pixels -> uint8, scaled by what the values mean:
+
+    * bool: False -> 0, True -> 255;
+    * uint8: as is; int8: clipped to 0-127 (negative values -> 0);
+    * uint16: 16-bit levels, ``round(v / 257)`` (65535 -> 255), like 16-bit files;
+    * wider or signed types (int16, int32, int64, uint32, uint64), which carry no bit depth
+      of their own: a maximum <= 255 means 8-bit levels (as is), <= 65535 means 16-bit
+      levels (``round(v / 257)``), larger values are scaled by the type's maximum
+      (``v * 255 / iinfo.max``); negative values -> 0.
+    """
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.itemsize == 1:  # int8
+        return np.clip(a, 0, 255).astype(np.uint8)
+    if a.dtype == np.uint16:
+        div = 257.0
+    else:
+        top = int(a.max()) if a.size else 0
+        div = 1.0 if top <= 255 else 257.0 if top <= 65535 else np.iinfo(a.dtype).max / 255.0
+    if div == 1.0:
+        return np.clip(a, 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.clip(a, 0, None).astype(np.float64) / div), 0, 255).astype(np.uint8)
+
+
 def _pil_to_rgb_array(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
     """Convert a loaded Pillow image of any mode to a (H, W, 3) uint8 RGB array."""
     mode = im.mode
@@ -69,11 +114,7 @@ def _pil_to_rgb_array(im: Image.Image, background: tuple[int, int, int]) -> np.n
         grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
-        arr = np.asarray(im).astype(np.float64)
-        finite = arr[np.isfinite(arr)]
-        if finite.size and finite.max() <= 1.0:
-            arr = arr * 255.0
-        grey = np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8)
+        grey = _float_to_uint8(np.asarray(im))
         return np.repeat(grey[:, :, None], 3, axis=2)
 
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
@@ -179,11 +220,23 @@ def _load(name: str, max_pixels: int | None, background: tuple[int, int, int]) -
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Coerce an in-memory image array to a C-contiguous (H, W, 3) uint8 RGB array.
 
-    Accepts (H, W) greyscale, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped);
-    uint8 as is, other integer types clipped to 0-255, floats taken as [0, 1].
+    Accepts (H, W) greyscale, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped).
+    Pixel values are scaled by what the dtype means (never just clipped, which would
+    saturate a 16-bit image):
+
+    * uint8 as is; bool: True -> 255;
+    * uint16: 16-bit levels, ``round(v / 257)`` (65535 -> 255), as :func:`load_image` reads
+      16-bit files;
+    * int16, int32, int64, uint32, uint64: maximum <= 255: 8-bit levels (e.g.
+      ``uint8_image.astype(int)``); <= 65535: 16-bit levels; larger: scaled by the type's
+      maximum; negative values -> 0;
+    * floats: [0, 1] (scaled by 255, values outside clipped, NaN -> 0); an array whose
+      largest finite value exceeds :data:`FLOAT_0_255_ABOVE` (1.5) is taken as 0-255 (e.g.
+      ``uint8_image.astype(np.float32)``).
 
     Raises:
-        InvalidFileError: the array does not have an image shape.
+        InvalidFileError: the array does not have an image shape, or a dtype that is not a
+            number (complex, object, strings).
     """
     a = np.asarray(image)
     if a.ndim == 2:
@@ -196,10 +249,11 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         a = a[:, :, :3]
     if a.dtype != np.uint8:
         if np.issubdtype(a.dtype, np.floating):
-            a = np.clip(np.rint(a * 255.0), 0, 255)
+            a = _float_to_uint8(a)
+        elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+            a = _int_to_uint8(a)
         else:
-            a = np.clip(a, 0, 255)
-        a = a.astype(np.uint8)
+            raise InvalidFileError(f"expected an image array of numbers, got dtype {a.dtype}")
     return np.ascontiguousarray(a)
 
 

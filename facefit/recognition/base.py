@@ -5,12 +5,18 @@ Every network takes aligned face crops as a float tensor ``(B, 3, S, S)``, RGB, 
 normalisation internally. The kind of alignment a network expects is named by its
 ``crop`` attribute (one of :data:`CROPS`); producing that crop is the job of
 :mod:`facefit.faces`, not of the networks.
+
+Any floating dtype is accepted (float16, float32, float64, bfloat16): images are cast to
+the network's own dtype (:attr:`RecognitionNet.dtype`, float32 unless the net was
+converted, e.g. with ``.double()``) before the first layer, and the outputs come in that
+dtype. The cast is differentiable, so gradients reach float64 inputs too.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -91,6 +97,29 @@ class RecognitionNet(nn.Module, abc.ABC):
     embedding_dim: int = 0
     differentiable: bool = True
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the net's weights (float32 unless converted); inputs are cast
+        to it. Nets without floating tensors (e.g. :class:`~facefit.recognition.SFace`,
+        which runs in onnxruntime) report float32."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def prepare_images(self, images: torch.Tensor, who: str | None = None) -> torch.Tensor:
+        """Check ``images`` (see :func:`check_images`) and cast them to :attr:`dtype`.
+
+        Args:
+            images: (B, 3, S, S) float RGB in [0, 1], any floating dtype.
+            who: name used in error messages (default: the class name).
+        Returns:
+            (B, 3, S, S) in :attr:`dtype` (the input itself when it already is).
+        """
+        check_images(images, self.input_size, who or type(self).__name__)
+        dt = self.dtype
+        return images if images.dtype == dt else images.to(dt)
+
     def freeze(self) -> "RecognitionNet":
         """Stop parameter gradients and switch to inference mode; returns self."""
         for p in self.parameters():
@@ -107,9 +136,10 @@ class RecognitionNet(nn.Module, abc.ABC):
         """Penultimate features.
 
         Args:
-            images: (B, 3, S, S) float RGB in [0, 1], aligned with ``self.crop``.
+            images: (B, 3, S, S) float RGB in [0, 1] (any floating dtype; cast to
+                :attr:`dtype`), aligned with ``self.crop``.
         Returns:
-            (B, D) float features, D = ``self.feature_dim``.
+            (B, D) features in :attr:`dtype`, D = ``self.feature_dim``.
         """
 
     @abc.abstractmethod
@@ -117,9 +147,10 @@ class RecognitionNet(nn.Module, abc.ABC):
         """Identity embedding of unit length.
 
         Args:
-            images: (B, 3, S, S) float RGB in [0, 1], aligned with ``self.crop``.
+            images: (B, 3, S, S) float RGB in [0, 1] (any floating dtype; cast to
+                :attr:`dtype`), aligned with ``self.crop``.
         Returns:
-            (B, E) unit vectors, E = ``self.embedding_dim``.
+            (B, E) unit vectors in :attr:`dtype`, E = ``self.embedding_dim``.
         """
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

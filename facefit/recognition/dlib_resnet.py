@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidFileError, ModelNotFoundError
-from .base import RecognitionNet, atomic_write_bytes, cache_dir, check_images
+from .base import RecognitionNet, atomic_write_bytes, cache_dir
 
 # --------------------------------------------------------------------------------------
 # dlib serialisation format
@@ -550,7 +550,7 @@ class DlibResNet(RecognitionNet):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 150, 150) RGB [0, 1] -> (B, 256) pooled features before the fc layer."""
-        check_images(images, self.input_size, "DlibResNet")
+        images = self.prepare_images(images, "DlibResNet")
         x = dlib_input_normalize(images, self.input_mean.to(images.dtype))
         x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
         for block in self.blocks:

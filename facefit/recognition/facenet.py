@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidFileError, ModelNotFoundError
-from .base import RecognitionNet, check_images
+from .base import RecognitionNet
 
 FACENET_VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 FACENET_VGGFACE2_URL = (
@@ -203,7 +203,7 @@ class FaceNet(RecognitionNet):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 160, 160) RGB [0, 1] -> (B, 512) bottleneck before L2 normalisation."""
-        check_images(images, self.input_size, "FaceNet")
+        images = self.prepare_images(images, "FaceNet")
         n = self.net
         x = facenet_standardize(images)
         for layer in (n.conv2d_1a, n.conv2d_2a, n.conv2d_2b, n.maxpool_3a, n.conv2d_3b,

@@ -251,9 +251,10 @@ class SFace(RecognitionNet):
     Input: 112x112 ``arcface_112`` crops (5-point similarity alignment to the ArcFace
     template).
 
-    Accepts either a torch tensor (B, 3, 112, 112) float RGB in [0, 1] (returns a torch
-    tensor on the input's device, without gradient) or a numpy array: (B, 3, 112, 112)
-    float RGB in [0, 1], or (B, 112, 112, 3) / (112, 112, 3) uint8 RGB (returns numpy).
+    Accepts either a torch tensor (B, 3, 112, 112) float RGB in [0, 1] of any floating
+    dtype (returns a float32 torch tensor on the input's device, without gradient) or a
+    numpy array: (B, 3, 112, 112) float RGB in [0, 1], or (B, 112, 112, 3) / (112, 112, 3)
+    uint8 RGB (returns float32 numpy).
 
     - :meth:`features`: (B, 128) raw network output.
     - :meth:`embed`: (B, 128) unit vectors.
@@ -283,6 +284,8 @@ class SFace(RecognitionNet):
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
                 raise ValueError(f"SFace: expected images of shape (B, 3, {s}, {s}), got {tuple(images.shape)}")
+            if not images.is_floating_point():
+                raise TypeError(f"SFace: expected float images in [0, 1], got dtype {images.dtype}")
             arr = images.detach().to("cpu", torch.float32).numpy() * 255.0
         else:
             arr = np.asarray(images)
@@ -306,9 +309,10 @@ class SFace(RecognitionNet):
 
     @staticmethod
     def _like(out: np.ndarray, images):
+        """(B, 128) float32 array -> a float32 tensor on the input's device for tensor input
+        (whatever its floating dtype, like the other nets' outputs), else the array."""
         if isinstance(images, torch.Tensor):
-            dtype = images.dtype if images.is_floating_point() else torch.float32
-            return torch.from_numpy(out).to(device=images.device, dtype=dtype)
+            return torch.from_numpy(out).to(device=images.device)
         return out
 
     def features(self, images):
