@@ -48,6 +48,13 @@ def _progress(enabled: Optional[bool] = None) -> Iterator[Callable[[str, int, in
         yield update
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an unusable ``--out`` before the (long) computation."""
+    from .evaluation.report import check_output_dir
+
+    check_output_dir(out)
+
+
 def _reconstructor(checkpoint: Optional[Path], model: Optional[str], device: Optional[str], detector: str):
     from .reconstruction import Reconstructor
 
@@ -69,7 +76,7 @@ def micc_cmd(
     conditions: str = typer.Option("cooperative,indoor,outdoor", help="Comma-separated videos to use: cooperative, indoor, outdoor."),
     frame_step: int = typer.Option(1, min=1, help="Use every n-th frame (1 = all frames, the paper's protocol)."),
     max_frames: int = typer.Option(0, min=0, help="At most this many frames per video (0 = no limit)."),
-    radius: float = typer.Option(95.0, min=1.0, help="Crop radius around the nose tip, mm."),
+    radius: float = typer.Option(95.0, min=1.0, help="Crop radius of the scan around its nose tip, mm."),
     scan_units: str = typer.Option("auto", help="Units of the scans: auto (guessed from their size), mm, cm or m."),
     subject: Optional[List[str]] = typer.Option(None, "--subject", help="Only this subject folder (repeatable)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
@@ -88,6 +95,7 @@ def micc_cmd(
     )
 
     _check_detector(detector)
+    _check_out(out)
     conds = tuple(c.strip().lower() for c in conditions.split(",") if c.strip())
     if not conds:
         raise FacefitError("--conditions is empty")
@@ -117,7 +125,7 @@ def synthetic_cmd(
     seed: int = typer.Option(0, help="Random seed (same seed, same faces)."),
     expression: bool = typer.Option(False, "--expression/--no-expression", help="Render the faces with random expressions (the ground truth stays neutral)."),
     size: int = typer.Option(256, min=96, max=1024, help="Render size in pixels."),
-    radius: float = typer.Option(95.0, min=1.0, help="Crop radius around the nose tip, mm."),
+    radius: float = typer.Option(95.0, min=1.0, help="Crop radius of the ground truth around its nose tip, mm."),
     fit_steps: int = typer.Option(200, min=0, help="Optimisation steps of the landmark-fit baseline (0 = skip it)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
@@ -133,6 +141,7 @@ def synthetic_cmd(
     )
 
     _check_detector(detector)
+    _check_out(out)
     cfg = SyntheticEvalConfig(n=n, seed=seed, expression=expression, image_size=size, radius=radius,
                               fit_steps=fit_steps, detector=detector)
     rec = _reconstructor(checkpoint, model, device, detector)
@@ -202,6 +211,7 @@ def identity_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    refine: int = typer.Option(0, "--refine", min=0, max=1000, help="Also report each checkpoint after this many steps of per-photo identity refinement (reconstruct --refine)."),
 ):
     """Likeness on labelled photos (Tables 2-3, Figure 5): similarity distributions, EMD, identity recall."""
     from .evaluation.identity import (
@@ -213,11 +223,12 @@ def identity_cmd(
     from .recognition import available_nets
 
     _check_detector(detector)
+    _check_out(out)
     if eval_net not in available_nets():
         raise FacefitError(f"unknown --eval-net '{eval_net}' (known: {', '.join(available_nets())})")
     cks = parse_checkpoints(checkpoint, ablation)
     cfg = IdentityEvalConfig(eval_net=eval_net, detector=detector, per_person=per_person, people=people,
-                             render_size=render_size)
+                             render_size=render_size, refine=refine)
     with _progress() as prog:
         res = evaluate_identity(photo_dir, cks, cfg, model=model, device=device, progress=prog)
     paths = write_identity_report(res, out)

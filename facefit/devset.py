@@ -32,6 +32,9 @@ def list_labelled(root: str | Path, per_person: Optional[int] = None, people: Op
         root: the folder.
         per_person: keep at most this many photos per identity (the first ones, sorted).
         people: keep at most this many identities (sorted by name).
+    Raises:
+        FacefitError: not a folder, no labelled photos, or a bad ``labels.csv``
+            (:func:`read_labels_csv`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -39,9 +42,7 @@ def list_labelled(root: str | Path, per_person: Optional[int] = None, people: Op
     rows = []
     labels = root / "labels.csv"
     if labels.is_file():
-        with labels.open(newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                rows.append((root / r["path"], r["identity"]))
+        rows = read_labels_csv(labels)
     else:
         for d in sorted(p for p in root.iterdir() if p.is_dir()):
             for f in sorted(d.rglob("*")):
@@ -61,6 +62,53 @@ def list_labelled(root: str | Path, per_person: Optional[int] = None, people: Op
                 out.append((p, lab))
                 count[lab] = count.get(lab, 0) + 1
         rows = out
+    return rows
+
+
+LABEL_COLUMNS = ("path", "identity")
+
+
+def read_labels_csv(labels: str | Path) -> list[tuple[Path, str]]:
+    """(photo path, identity) rows of a ``labels.csv`` (columns ``path,identity``; paths
+    relative to the file's folder).
+
+    Raises:
+        FacefitError: not UTF-8 text, not CSV, a column missing, an empty cell, or a listed
+            photo that does not exist (one line, naming the file).
+    """
+    labels = Path(labels)
+    root = labels.parent
+    rows: list[tuple[Path, str]] = []
+    try:
+        with labels.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [str(c).strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in LABEL_COLUMNS if c not in fields]
+            if missing:
+                found = ", ".join(repr(c) for c in fields) if fields else "none"
+                raise FacefitError(
+                    f"{labels}: the header must name the columns 'path' and 'identity' (found {found})"
+                )
+            reader.fieldnames = fields
+            for r in reader:
+                path, ident = (r.get("path") or "").strip(), (r.get("identity") or "").strip()
+                if not path and not ident and not any((v or "").strip() for v in r.values() if isinstance(v, str)):
+                    continue  # a blank line
+                if not path or not ident:
+                    raise FacefitError(f"{labels}, line {reader.line_num}: empty path or identity")
+                rows.append((root / path, ident))
+    except UnicodeDecodeError:
+        raise FacefitError(f"{labels}: not a text CSV file (it is not UTF-8)") from None
+    except csv.Error as e:
+        raise FacefitError(f"{labels}: not a valid CSV file ({e})") from None
+    except OSError as e:
+        raise FacefitError(f"cannot read {labels}: {e.strerror or e}") from None
+    absent = [p for p, _ in rows if not p.is_file()]
+    if absent:
+        first = absent[0].relative_to(root) if absent[0].is_relative_to(root) else absent[0]
+        what = (f"none of the {len(rows)} listed photos exists" if len(absent) == len(rows)
+                else f"{len(absent)} of the {len(rows)} listed photos {'does' if len(absent) == 1 else 'do'} not exist")
+        raise FacefitError(f"{labels}: {what} (e.g. '{first}'; paths are relative to {root})")
     return rows
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -334,6 +335,26 @@ def check_model_match(ckpt: Mapping[str, Any], model, what: str = "checkpoint") 
         )
 
 
+def _load_failure_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words for a one-line error.
+
+    torch's own messages span several lines and suggest re-running with
+    ``weights_only=False`` (which would execute whatever the file contains); facefit never
+    does that, so the message is replaced by a plain reason.
+    """
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        if "Unsupported global" in text:
+            return "it holds objects other than tensors and plain values; refusing to load it"
+        return "not a PyTorch file of tensors and plain values; refusing to load it"
+    if isinstance(exc, EOFError) or "failed finding central directory" in text or "end of file" in text.lower():
+        return "the file is empty, truncated or damaged"
+    first = text.strip().splitlines()[0].strip() if text.strip() else type(exc).__name__
+    return first[:200]
+
+
 def load_checkpoint(path: str | os.PathLike, model=None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint (always with ``torch.load(weights_only=True)``).
 
@@ -352,10 +373,12 @@ def load_checkpoint(path: str | os.PathLike, model=None, map_location: str | tor
     if not path.is_file():
         raise ModelNotFoundError(f"checkpoint not found: {path}")
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a raw pickle (not a torch.save zip) makes torch warn about its protocol first
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError, zipfile errors ...
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidFileError(f"{path}: not a loadable facefit checkpoint ({msg[:200]})") from exc
+        raise InvalidFileError(f"{path} is not a facefit checkpoint ({_load_failure_reason(exc)})") from exc
     if not isinstance(ck, dict) or ck.get("kind") != CHECKPOINT_KIND:
         raise InvalidFileError(f"{path}: not a facefit regressor checkpoint")
     fmt = ck.get("format")

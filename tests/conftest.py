@@ -29,3 +29,20 @@ def untrained_checkpoint(tmp_path_factory, default_model):
     path = tmp_path_factory.mktemp("ckpt") / "untrained.pt"
     save_checkpoint(make_checkpoint(dec, "dlib", default_model.content_hash, default_model.name), path)
     return path
+
+
+def chmod_is_effective(directory) -> bool:
+    """False when running as root (chmod does not stop root from writing)."""
+    probe = Path(directory) / "probe"
+    probe.mkdir()
+    probe.chmod(0o500)
+    try:
+        (probe / "x").write_text("x")
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o700)
+        for p in probe.iterdir():
+            p.unlink()
+        probe.rmdir()
+    return False

@@ -12,6 +12,8 @@ import facefit.atomic as atomic
 from facefit.atomic import atomic_output_path, atomic_write
 from facefit.errors import FacefitError
 
+from conftest import chmod_is_effective
+
 
 def _listing(directory):
     return sorted(p.name for p in directory.iterdir())
@@ -113,26 +115,12 @@ def test_bad_mode_rejected(tmp_path):
             pass
 
 
-def _chmod_is_effective(directory) -> bool:
-    """False when running as root (chmod does not stop root from writing)."""
-    probe = directory / "probe"
-    probe.mkdir()
-    probe.chmod(0o500)
-    try:
-        (probe / "x").write_text("x")
-    except PermissionError:
-        return True
-    finally:
-        probe.chmod(0o700)
-    return False
-
-
 def test_read_only_directory(tmp_path, monkeypatch):
     """Real chmod for normal users; as root (chmod ineffective) simulate EACCES."""
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "old.png").write_bytes(b"old")
-    real = _chmod_is_effective(tmp_path)
+    real = chmod_is_effective(tmp_path)
     if real:
         ro.chmod(0o500)
     else:

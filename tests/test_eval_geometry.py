@@ -150,6 +150,26 @@ def test_evaluate_geometry_zero_for_a_moved_copy():
         evaluate_geometry(V, T, nose + 1000.0, V, T, nose)
 
 
+@pytest.mark.parametrize("size", [0.8, 1.25])
+def test_evaluate_geometry_does_not_crop_the_prediction(size):
+    """A prediction of the right shape at the wrong size: ICP's scale undoes the size, and the
+    whole cropped ground truth stays in the overlap. (Cropping the prediction at 95 mm of its
+    own size would cut it at a sphere of 95 / size mm of the ground truth's: a smaller
+    overlap for a prediction that is too large, and a border that pulls the scale.)"""
+    V, T = grid(60, half=(150.0, 150.0), height=face_like)  # a surface well beyond the 95 mm crop
+    nose = V[np.argmax(V[:, 2])]
+    pred = size * V
+    r = evaluate_geometry(pred, T, size * nose, V, T, nose, radius=95.0)
+    assert r.error_mm < 0.05
+    assert r.scale == pytest.approx(1 / size, abs=0.01)
+    assert r.overlap_gt > 0.97
+    assert r.n_pred == len(V)  # the whole prediction took part
+    assert r.n_gt == int(crop_mask(V, nose, 95.0).sum())
+    # the wrong nose tip of a prediction only moves ICP's start; a wrong ground-truth nose tip empties its crop
+    with pytest.raises(FacefitError, match="ground-truth vertices within 95 mm"):
+        evaluate_geometry(V, T, nose, V, T, nose + 1000.0)
+
+
 def test_dense_error():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(100, 3)) * 40

@@ -15,7 +15,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEV = SHARED / "data" / "faces-dev"
 
 
-def make_checkpoint(path, seed=0, scale=0.05):
+def make_checkpoint(path, seed=0, scale=0.05, encoder="dlib"):
     """A randomly initialised regressor checkpoint (dlib encoder) for the default model."""
     from facefit.model_io import resolve_model
     from facefit.regressor import Decoder, make_checkpoint as mk, save_checkpoint
@@ -23,7 +23,7 @@ def make_checkpoint(path, seed=0, scale=0.05):
     model = resolve_model()
     torch.manual_seed(seed)
     dec = Decoder(256, model.n_shape, model.n_color, hidden=[32], init_scale=scale)
-    return save_checkpoint(mk(dec, "dlib", model.content_hash, model.name, meta={"note": "test"}), path)
+    return save_checkpoint(mk(dec, encoder, model.content_hash, model.name, meta={"note": "test"}), path)
 
 
 def cli():
@@ -103,6 +103,79 @@ def test_refuses_the_training_network_as_evaluation_network(tmp_path):
     assert isinstance(res.exception, FacefitError)
     assert "trained with the 'dlib' network" in str(res.exception)
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_refusal_suggests_a_network_other_than_the_training_one(tmp_path):
+    from facefit.evaluation.identity import IdentityEvalConfig, evaluate_identity
+
+    for person in ("a", "b"):
+        (tmp_path / "photos" / person).mkdir(parents=True)
+        (tmp_path / "photos" / person / "1.jpg").write_bytes(b"never read")
+    for trained, others in (("sface", ["dlib", "facenet"]), ("dlib", ["sface"])):
+        ck = make_checkpoint(tmp_path / f"{trained}.pt", encoder=trained)
+        with pytest.raises(FacefitError) as ei:
+            evaluate_identity(tmp_path / "photos", {trained: str(ck)}, IdentityEvalConfig(eval_net=trained))
+        msg = str(ei.value)
+        assert f"trained with the '{trained}' network" in msg and f"(e.g. {trained})" not in msg, msg
+        assert any(f"(e.g. {o})" in msg for o in others), msg
+    # in an ablation the hint avoids every checkpoint's training network
+    a = make_checkpoint(tmp_path / "a.pt", encoder="sface")
+    b = make_checkpoint(tmp_path / "b.pt", encoder="facenet")
+    with pytest.raises(FacefitError, match=r"\(e\.g\. dlib\)"):
+        evaluate_identity(tmp_path / "photos", {"a": str(a), "b": str(b)}, IdentityEvalConfig(eval_net="sface"))
+
+
+# ------------------------------------------------------------------ labels.csv
+
+
+def _photo_folder(tmp_path, labels: bytes, photos=("a/1.jpg", "b/1.jpg")):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for rel in photos:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"not decoded here")
+    (root / "labels.csv").write_bytes(labels)
+    return root
+
+
+@pytest.mark.parametrize("labels,photos,expect", [
+    (b"file,person\na/1.jpg,a\nb/1.jpg,b\n", ("a/1.jpg", "b/1.jpg"),
+     "the header must name the columns 'path' and 'identity' (found 'file', 'person')"),
+    (b"", (), "the header must name the columns 'path' and 'identity' (found none)"),
+    (bytes(range(128, 256)) * 4, (), "not a text CSV file (it is not UTF-8)"),
+    (b"path,identity\nmissing/1.jpg,a\nmissing/2.jpg,b\n", (),
+     "none of the 2 listed photos exists (e.g. 'missing/1.jpg'"),
+    (b"path,identity\na/1.jpg,a\nb/2.jpg,b\n", ("a/1.jpg",), "1 of the 2 listed photos does not exist (e.g. 'b/2.jpg'"),
+    (b"path,identity\na/1.jpg,\n", ("a/1.jpg",), "line 2: empty path or identity"),
+])
+def test_bad_labels_csv_is_one_clear_line(tmp_path, capsys, labels, photos, expect):
+    from facefit.cli import main
+
+    root = _photo_folder(tmp_path, labels, photos)
+    rc = main(["eval", "identity", str(root), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert expect in err and str(root / "labels.csv") in err, err
+    assert "KeyError" not in err and "UnicodeDecodeError" not in err and "no face found" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_labels_csv_with_bom_crlf_spaces_and_blank_lines(tmp_path):
+    from facefit.devset import list_labelled
+
+    root = _photo_folder(tmp_path, b"\xef\xbb\xbfpath , identity\r\na/1.jpg, a\r\n\r\nb/1.jpg,b\r\n")
+    assert list_labelled(root) == [(root / "a/1.jpg", "a"), (root / "b/1.jpg", "b")]
+
+
+def test_unreadable_photos_are_not_reported_as_faceless(tmp_path):
+    from facefit.evaluation.identity import IdentityEvalConfig, load_photos
+    from facefit.recognition import get_net
+
+    root = _photo_folder(tmp_path, b"path,identity\na/1.jpg,a\nb/1.jpg,b\n")  # the "photos" are not images
+    with pytest.raises(FacefitError) as ei:
+        load_photos(root, get_net("sface"), [], IdentityEvalConfig())
+    msg = str(ei.value)
+    assert "none of the 2 photos is usable (2 unreadable" in msg and "no face" not in msg, msg
 
 
 # ------------------------------------------------------------------ a real run

@@ -1,5 +1,7 @@
 """``facefit eval synthetic``: rendered model samples with exact ground truth, and baselines."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +83,117 @@ def test_detector_fallback_uses_ground_truth_landmarks(monkeypatch, checkpoint, 
     assert all(np.isfinite(f["facefit"]["error_mm"]) for f in res["faces"])
     # an untrained decoder predicts almost the mean face: same error as the mean face
     assert res["ratios"]["mean face"]["ratio_of_means"] == pytest.approx(1.0, abs=0.1)
+
+
+# ------------------------------------------------------------------ all-or-nothing reports
+
+
+def _listing(d):
+    return sorted((p.name, p.read_bytes()) for p in d.iterdir())
+
+
+def test_report_files_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+
+    import facefit.atomic as atomic
+    from facefit.evaluation.report import Report, plot_boxes
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("old report")
+    (out / "errors.png").write_bytes(b"old figure")
+    before = _listing(out)
+
+    # a failure between two steps (a figure that cannot be drawn) leaves out/ as it was
+    with pytest.raises(RuntimeError, match="plot failed"):
+        with Report("t", out) as rep:
+            rep.figure(plot_boxes({"a": [1.0, 2.0]}, rep.path("errors.png")), "errors")
+            raise RuntimeError("plot failed")
+    assert _listing(out) == before
+
+    # the disk fills up while report.md is written (fsyncs: the figure, its folder, report.md)
+    real = atomic.os.fsync
+    calls = []
+
+    def full(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(FacefitError, match="no space left on device") as ei:
+        with Report("t", out) as rep:
+            rep.figure(plot_boxes({"a": [1.0, 2.0]}, rep.path("errors.png")), "errors")
+            rep.write({"x": 1})
+    assert "\n" not in str(ei.value)
+    assert _listing(out) == before  # no new errors.png without its report.md, no staging folder
+
+    # a rename that fails midway removes what this call had already moved
+    monkeypatch.setattr(atomic.os, "fsync", real)
+    real_replace = os.replace
+
+    fresh = tmp_path / "fresh"
+    moved = []
+
+    def replace(src, dst):
+        if Path(dst).parent == fresh:  # moving out of the staging folder
+            if Path(dst).name == "report.md":
+                raise OSError(errno.EROFS, "Read-only file system")
+            moved.append(Path(dst).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(FacefitError, match="read-only"):
+        with Report("t", fresh) as rep:
+            rep.figure(plot_boxes({"a": [1.0, 2.0]}, rep.path("errors.png")), "errors")
+            rep.write({"x": 1})
+    assert moved == ["errors.png", "results.json"]  # report.md comes last ...
+    assert not fresh.exists()  # ... and what was moved before it is gone again, with the folder
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    with Report("t", out) as rep:
+        rep.figure(plot_boxes({"a": [1.0, 2.0]}, rep.path("errors.png")), "errors")
+        md, js = rep.write({"x": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["errors.png", "report.md", "results.json"]
+    assert "![errors](errors.png)" in md.read_text() and json.loads(js.read_text()) == {"x": 1}
+    assert (out / "errors.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_synthetic_report_disk_full_at_any_point_leaves_nothing(tmp_path, monkeypatch, checkpoint, model):
+    """A real synthetic report, with the disk filling up at each fsync in turn."""
+    import errno
+
+    import facefit.atomic as atomic
+    from facefit.evaluation.synthetic import SyntheticEvalConfig, evaluate_synthetic, write_synthetic_report
+    from facefit.reconstruction import Reconstructor
+
+    res = evaluate_synthetic(Reconstructor(checkpoint, model, "cpu"),
+                             SyntheticEvalConfig(n=2, seed=2, image_size=160, fit_steps=0))
+    real = atomic.os.fsync
+    count = {"n": 0, "fail_at": 0}
+
+    def fsync(fd):
+        count["n"] += 1
+        if count["n"] == count["fail_at"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    write_synthetic_report(res, tmp_path / "ok", model=model, sample_faces=2)
+    total = count["n"]
+    names = sorted(p.name for p in (tmp_path / "ok").iterdir())
+    assert names == ["error_vs_yaw.png", "errors.png", "examples.png", "report.md", "results.json"]
+    failed = 0
+    for k in range(1, total + 1):
+        out = tmp_path / f"run{k}"
+        count.update(n=0, fail_at=k)
+        try:
+            write_synthetic_report(res, out, model=model, sample_faces=2)
+        except FacefitError as e:
+            assert "no space left on device" in str(e) and "\n" not in str(e)
+            assert not out.exists(), k  # nothing half-done, no staging folder, not even the empty folder
+            failed += 1
+        else:  # a failed directory fsync is best effort: then everything is there
+            assert sorted(p.name for p in out.iterdir()) == names, k
+    assert failed >= 4  # every file's own fsync failing was caught

@@ -118,6 +118,63 @@ def test_bfm2017_missing_dataset_is_clear(tmp_path):
         model_io.convert_model("bfm2017", not_h5)
 
 
+def _replace_dataset(path, key, data, **kw):
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        del f[key]
+        f.create_dataset(key, data=data, **kw)
+
+
+def test_bfm2017_wrong_basis_rows_names_both_counts(tmp_path):
+    path = tmp_path / "rows.h5"
+    data, _ = write_bfm2017(path)
+    v = data["shape"][0].size // 3
+    _replace_dataset(path, "shape/model/pcaBasis", data["shape"][1][:-3].astype(np.float32))
+    with pytest.raises(InvalidFileError) as ei:
+        model_io.convert_model("bfm2017", path)
+    msg = str(ei.value)
+    assert f"shape basis has {3 * v - 3} rows, expected {3 * v} (x, y, z of {v} vertices)" in msg, msg
+    assert "\n" not in msg
+    path2 = tmp_path / "colour.h5"
+    data, _ = write_bfm2017(path2)
+    _replace_dataset(path2, "color/model/mean", data["color"][0][:-6].astype(np.float32))
+    with pytest.raises(InvalidFileError, match=rf"color mean has {3 * v - 6} values, expected {3 * v}"):
+        model_io.convert_model("bfm2017", path2)
+
+
+@pytest.mark.parametrize("key", ["shape/model/mean", "shape/model/pcaVariance", "shape/representer/cells",
+                                 "color/model/pcaBasis"])
+@pytest.mark.parametrize("kind", ["bytes", "vlen"])
+def test_bfm2017_string_data_is_refused_clearly(tmp_path, key, kind):
+    import h5py
+
+    path = tmp_path / "strings.h5"
+    write_bfm2017(path)
+    with h5py.File(path, "r") as f:
+        shape = f[key].shape
+    if kind == "bytes":
+        _replace_dataset(path, key, np.full(shape, b"1.5"))
+    else:
+        _replace_dataset(path, key, np.full(shape, "1.5", dtype=object), dtype=h5py.string_dtype())
+    with pytest.raises(InvalidFileError) as ei:
+        model_io.convert_model("bfm2017", path)
+    msg = str(ei.value)
+    assert f"/{key} holds text" in msg and "not real numbers" in msg and str(path) in msg, msg
+
+
+def test_bfm2017_group_instead_of_dataset(tmp_path):
+    import h5py
+
+    path = tmp_path / "group.h5"
+    write_bfm2017(path)
+    with h5py.File(path, "a") as f:
+        del f["shape/model/pcaBasis"]
+        f.create_group("shape/model/pcaBasis")
+    with pytest.raises(InvalidFileError, match="pcaBasis is a group, not a dataset"):
+        model_io.convert_model("bfm2017", path)
+
+
 # --------------------------------------------------------------------------- BFM 2009
 
 
@@ -159,6 +216,17 @@ def test_bfm2009_micrometres_and_0_255_colour(tmp_path):
     np.testing.assert_allclose(verts.numpy().reshape(3, -1), ref_v, atol=2e-3)
     np.testing.assert_allclose(cols.numpy().reshape(3, -1), ref_c, atol=1e-5)
     assert 0.2 < float(m.mean_color.mean()) < 0.8
+
+
+def test_bfm2009_text_variable_is_refused_clearly(tmp_path):
+    import scipy.io
+
+    path = tmp_path / "01_MorphableModel.mat"
+    d, _ = write_bfm2009(path)
+    d["shapeEV"] = np.array(["abcdef"] * len(d["shapeEV"]))
+    scipy.io.savemat(path, d)
+    with pytest.raises(InvalidFileError, match="the shape variance vector holds text, not real numbers"):
+        model_io.convert_model("bfm2009", path)
 
 
 def test_units_detection():

@@ -129,34 +129,72 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
 
 
 class _Evil:
+    """Unpickling this creates ``marker`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("this must never run",))
+        return (open, (self.marker, "w"))
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def _refused_in_one_line(path, *reason):
+    """load_checkpoint(path) raises a one-line InvalidFileError naming the file, with no
+    warning and no advice to load the file unsafely."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a leaked torch warning would fail here
+        with pytest.raises(InvalidFileError) as ei:
+            load_checkpoint(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(path) in msg and "weights_only" not in msg and "Re-running" not in msg, msg
+    for r in reason:
+        assert r in msg, msg
+    return msg
+
+
 def test_bad_checkpoints_are_refused(tmp_path):
     with pytest.raises(ModelNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(InvalidFileError):
-        load_checkpoint(junk)
-    evil = tmp_path / "evil.pt"
-    torch.save({"kind": "facefit-regressor", "x": _Evil()}, evil)
-    with pytest.raises(InvalidFileError):
-        load_checkpoint(evil)  # weights_only refuses arbitrary objects
+    _refused_in_one_line(junk, "is not a facefit checkpoint")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _refused_in_one_line(empty, "empty, truncated or damaged")
     plain = tmp_path / "plain.pt"
     torch.save({"some": torch.zeros(2)}, plain)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(plain.read_bytes()[:120])
+    _refused_in_one_line(truncated, "empty, truncated or damaged")
     with pytest.raises(InvalidFileError, match="not a facefit"):
         load_checkpoint(plain)
     newer = tmp_path / "newer.pt"
     torch.save({"kind": "facefit-regressor", "format": CHECKPOINT_FORMAT + 1}, newer)
     with pytest.raises(InvalidFileError, match="newer"):
         load_checkpoint(newer)
-    pk = tmp_path / "pickle.pt"
-    pk.write_bytes(pickle.dumps({"kind": "facefit-regressor"}))
-    with pytest.raises(InvalidFileError):
-        load_checkpoint(pk)
+    pk = tmp_path / "pickle.pt"  # a raw pickle (protocol 4): torch warns about the protocol
+    pk.write_bytes(pickle.dumps({"kind": "facefit-regressor"}, protocol=4))
+    _refused_in_one_line(pk, "is not a facefit checkpoint")
+
+
+def test_code_executing_checkpoints_never_run(tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"kind": "facefit-regressor", "x": _Evil(marker)}, evil)
+    raw = tmp_path / "evil-raw.pt"
+    raw.write_bytes(pickle.dumps({"kind": _Evil(marker)}, protocol=4))
+    assert not marker.exists()
+    _refused_in_one_line(evil, "holds objects other than tensors and plain values", "refusing to load it")
+    _refused_in_one_line(raw, "refusing to load it")
+    assert not marker.exists()
+    # the payloads are live: an unsafe load would have run them
+    pickle.loads(raw.read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
 
 
 def test_from_checkpoint_rebuilds_encoder(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from facefit.cli import main
 from facefit.errors import InvalidFileError
 from facefit.faces.images import load_image
 
-from conftest import REPO
+from conftest import REPO, chmod_is_effective
 
 TRAIN = ["train", "--set", "stage=1", "--set", "stage1_steps=40", "--set", "batch_stage1=2",
          "--set", "render_size=64", "--set", "hidden=[16]", "--set", "checkpoint_every=1",
@@ -80,3 +81,128 @@ def test_eval_and_render_refuse_bad_input(tmp_path, capsys):
         assert rc != 0 and "Traceback" not in err, args
         assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r.png").exists()
+
+
+# ------------------------------------------------------------------ coefficient files
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "Error:" not in err.split("error:", 1)[1], err  # no "ValueError: ..."
+    return err
+
+
+@pytest.mark.parametrize("name,content,expect", [
+    ("many.json", {"shape_coeffs": [0.0] * 5, "color_coeffs": [0.0] * 32},
+     "color_coeffs has 32 coefficients but the model 'ict-face' has 30"),
+    ("many_shape.npz", {"shape_coeffs": np.zeros(101, np.float32)},
+     "shape_coeffs has 101 coefficients but the model 'ict-face' has 100"),
+    ("many_expr.json", {"shape_coeffs": [0.0], "expr_coeffs": [0.0] * 54}, "expr_coeffs has 54 coefficients"),
+    ("text.json", {"shape_coeffs": ["a", 1.0]}, "shape_coeffs holds non-numeric values"),
+    ("text.npz", {"shape_coeffs": np.array(["a", "b"])}, "shape_coeffs holds non-numeric values"),
+    ("bool.json", {"shape_coeffs": [True, False]}, "shape_coeffs holds non-numeric values"),
+    ("ragged.json", {"shape_coeffs": [[1.0, 2.0], [3.0]]}, "shape_coeffs must be a flat list of numbers"),
+    ("matrix.json", {"shape_coeffs": [[1.0, 2.0], [3.0, 4.0]]}, "shape_coeffs must be a 1-D array"),
+    ("complex.npz", {"shape_coeffs": np.array([1 + 2j, 0j])}, "shape_coeffs holds complex numbers"),
+    ("overflow.json", '{"shape_coeffs": [1e39, 0.0]}', "shape_coeffs[0] = 1e+39 is too large"),
+    ("infinite.json", '{"shape_coeffs": [0.0, 1e400]}', "shape_coeffs[1] is not a finite number"),
+    ("nan.npz", {"shape_coeffs": np.array([0.0, np.nan], np.float32)}, "shape_coeffs[1] is not a finite number"),
+    ("notdict.json", "[1, 2, 3]", "not a facefit coefficient file (the JSON is not an object)"),
+    ("broken.json", '{"shape', "not a facefit coefficient file (invalid JSON"),
+    ("junk.npz", "\x00junk", "not a facefit coefficient file (not a valid .npz archive)"),
+    ("pickled.npz", {"shape_coeffs": np.array([{"a": 1}], dtype=object)}, "holds pickled objects; refusing"),
+])
+def test_render_refuses_bad_coefficient_files(tmp_path, capsys, recwarn, name, content, expect):
+    import json
+
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content)
+    elif name.endswith(".json"):
+        path.write_text(json.dumps(content))
+    else:
+        np.savez(path, **content)
+    out = tmp_path / "face.png"
+    rc = main(["render", str(path), "-o", str(out)])
+    err = _one_line_error(capsys)
+    assert rc != 0 and expect in err and str(path) in err, err
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, (RuntimeWarning, np.exceptions.ComplexWarning))]
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_valid_coefficient_files_still_load(tmp_path):
+    from facefit.coeffs_io import load_coeffs, save_coeffs
+    from facefit.turntable import load_renderable
+
+    rec = {"shape_coeffs": np.linspace(-1, 1, 10), "color_coeffs": np.zeros(3), "model_name": "ict-face"}
+    for suffix in (".json", ".npz"):
+        p = save_coeffs(rec, tmp_path / f"c{suffix}")
+        back = load_coeffs(p)
+        assert back["shape_coeffs"].dtype == np.float32 and len(back["shape_coeffs"]) == 10
+        mesh = load_renderable(p)  # fewer coefficients than the model has: the rest are zero
+        assert np.isfinite(mesh.vertices).all() and len(mesh.vertices) > 1000
+
+
+# ------------------------------------------------------------------ eval output folders
+
+
+def _no_computation(monkeypatch):
+    """Make any eval computation fail loudly, so a refusal must come before it."""
+    import facefit.cli_eval as ce
+    import facefit.evaluation.identity as ident
+
+    def boom(*a, **k):
+        raise AssertionError("the computation started before --out was checked")
+
+    monkeypatch.setattr(ce, "_reconstructor", boom)
+    monkeypatch.setattr(ident, "evaluate_identity", boom)
+
+
+def _eval_args(kind, tmp_path, out):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    return {"identity": ["eval", "identity", str(data), "-o", str(out)],
+            "micc": ["eval", "micc", str(data), "-o", str(out)],
+            "synthetic": ["eval", "synthetic", "--n", "2", "-o", str(out)]}[kind]
+
+
+@pytest.mark.parametrize("kind", ["identity", "micc", "synthetic"])
+def test_eval_refuses_a_file_as_output_folder_first(tmp_path, capsys, monkeypatch, kind):
+    _no_computation(monkeypatch)
+    out = tmp_path / "report.md"
+    out.write_text("precious")
+    rc = main(_eval_args(kind, tmp_path, out))
+    err = _one_line_error(capsys)
+    assert rc != 0 and "it is a file, not a folder" in err and str(out) in err, err
+    assert out.read_text() == "precious"
+    # a missing parent folder is fine (it is created), but not one whose parent is a file
+    rc = main(_eval_args(kind, tmp_path, out / "sub"))
+    err = _one_line_error(capsys)
+    assert rc != 0 and "is a file, not a folder" in err, err
+
+
+@pytest.mark.parametrize("kind", ["identity", "micc", "synthetic"])
+@pytest.mark.parametrize("missing", [False, True])
+def test_eval_refuses_a_read_only_output_folder_first(tmp_path, capsys, monkeypatch, kind, missing):
+    import errno
+    import tempfile
+
+    _no_computation(monkeypatch)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if chmod_is_effective(tmp_path):
+        ro.chmod(0o500)
+    else:  # root: simulate what a read-only folder answers
+        def denied(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = ro / "new" / "report" if missing else ro
+    try:
+        rc = main(_eval_args(kind, tmp_path, out))
+    finally:
+        ro.chmod(0o700)
+    err = _one_line_error(capsys)
+    assert rc != 0 and "permission denied" in err and str(out) in err, err
+    assert list(ro.iterdir()) == []

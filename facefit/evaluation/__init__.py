@@ -1,7 +1,7 @@
 """The paper's benchmarks as ``facefit eval``: geometry against ground truth and likeness.
 
-* :mod:`facefit.evaluation.geometry` — crop at 95 mm around the nose tip, ICP with
-  isotropic scale, symmetric point-to-plane distance (Genova et al. 2018, Table 1).
+* :mod:`facefit.evaluation.geometry` — ground truth cropped at 95 mm around the nose tip,
+  ICP with isotropic scale, symmetric point-to-plane distance (Genova et al. 2018, Table 1).
 * :mod:`facefit.evaluation.micc` — the MICC Florence protocol (``facefit eval micc``).
 * :mod:`facefit.evaluation.synthetic` — the same protocol on faces sampled from the model
   and rendered, with mean-face and landmark-fit baselines (``facefit eval synthetic``).

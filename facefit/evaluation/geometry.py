@@ -2,11 +2,16 @@
 
 The protocol of Genova et al. 2018, Table 1 (after Tran et al. 2017), in four steps:
 
-1. **Crop** both surfaces to a sphere of ``radius`` mm (95 by default) around their nose
-   tips (:func:`crop_mesh`). Model-derived meshes use the model's landmark 30 (the nose tip
-   of the 68-point scheme); scans use :func:`scan_nose_tip` or a user-given point.
+1. **Crop** the ground truth to a sphere of ``radius`` mm (95 by default) around its nose
+   tip (:func:`crop_mesh`); scans use :func:`scan_nose_tip` or a user-given point, meshes
+   of the model its landmark 30 (the nose tip of the 68-point scheme). The prediction is
+   *not* cropped: where it extends beyond the cropped ground truth, its vertices pair with
+   the crop's border and fall outside the region of overlap (step 4). (Cropping it too, at
+   the same radius around its own nose tip, cuts it at a sphere that no longer matches the
+   ground truth's once ICP has scaled it, which biased the scale and shrank the overlap.)
 2. **Align** the prediction to the ground truth with ICP including an isotropic scale
-   (:func:`icp`): start with the nose tips on top of each other, then alternate
+   (:func:`icp`): start with the nose tips on top of each other (the prediction's comes
+   from the model's landmark 30), then alternate
    closest-point correspondences (in both directions, trimmed, away from the meshes'
    borders) with the closed-form similarity transform of Umeyama (1991)
    (:func:`similarity_transform`).
@@ -550,11 +555,12 @@ class GeometryResult:
     Attributes:
         error_mm: symmetric point-to-plane distance (the headline number).
         pred_to_gt_mm, gt_to_pred_mm, median_mm: its parts / median.
-        overlap_pred, overlap_gt: fractions of the cropped vertices inside the overlap.
+        overlap_pred, overlap_gt: fractions of the prediction's vertices and of the
+            cropped ground truth's vertices inside the overlap.
         scale: ICP scale applied to the prediction; icp_rmse: last ICP RMS pair distance.
         icp_iterations: iterations run.
         transform: the :class:`Similarity` prediction -> ground truth.
-        n_pred, n_gt: vertices after cropping.
+        n_pred, n_gt: vertices of the prediction and of the cropped ground truth.
     """
 
     error_mm: float
@@ -586,6 +592,19 @@ class GeometryResult:
         }
 
 
+def _used_vertices(verts: np.ndarray, tris: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Drop vertices no triangle uses (they have no normal and no border), renumbering."""
+    if tris is None or len(tris) == 0:
+        return verts, np.zeros((0, 3), np.int64)
+    t = np.asarray(tris, np.int64)
+    used = np.unique(t)
+    if len(used) == len(verts):
+        return verts, t
+    remap = np.full(len(verts), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return verts[used], remap[t]
+
+
 def evaluate_geometry(
     pred_verts: np.ndarray,
     pred_tris: np.ndarray,
@@ -598,11 +617,13 @@ def evaluate_geometry(
     init_rotation: Optional[np.ndarray] = None,
     icp_points: int = 4000,
 ) -> GeometryResult:
-    """The full protocol: crop both at ``radius`` around the nose tips, ICP with scale
-    (starting with the nose tips together), symmetric point-to-plane distance.
+    """The full protocol: crop the ground truth at ``radius`` around its nose tip, ICP with
+    scale (starting with the nose tips together), symmetric point-to-plane distance within
+    the region of overlap (see the module docstring; the prediction is not cropped).
 
     Args:
-        pred_verts: (N, 3) reconstruction (mm); pred_tris: (F, 3); pred_nose: (3,).
+        pred_verts: (N, 3) reconstruction (mm); pred_tris: (F, 3); pred_nose: (3,), used
+            to start ICP.
         gt_verts: (M, 3) ground truth (mm); gt_tris: (G, 3) or None; gt_nose: (3,).
         radius: crop radius (mm).
         scale: let ICP scale the prediction.
@@ -613,15 +634,17 @@ def evaluate_geometry(
     Returns:
         :class:`GeometryResult`.
     Raises:
-        FacefitError: empty crops or no overlap.
+        FacefitError: an empty crop, a tiny prediction or no overlap.
     """
-    pv, pt, _ = crop_mesh(pred_verts, pred_tris, pred_nose, radius)
+    pv, pt = _used_vertices(np.asarray(pred_verts, np.float64), pred_tris)
     gv, gt_, _ = crop_mesh(gt_verts, gt_tris, gt_nose, radius)
-    if len(pv) < 10 or len(gv) < 10:
+    if len(gv) < 10:
         raise FacefitError(
-            f"fewer than 10 vertices within {radius:g} mm of the nose tip "
-            f"(prediction {len(pv)}, ground truth {len(gv)}): check the nose tip and units"
+            f"fewer than 10 ground-truth vertices within {radius:g} mm of its nose tip ({len(gv)}): "
+            "check the nose tip and units"
         )
+    if len(pv) < 10:
+        raise FacefitError(f"the prediction has only {len(pv)} vertices")
     R0 = np.eye(3) if init_rotation is None else np.asarray(init_rotation, np.float64)
     nose_p = np.asarray(pred_nose, np.float64)
     init = Similarity(1.0, R0, np.asarray(gt_nose, np.float64) - R0 @ nose_p)

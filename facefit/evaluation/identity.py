@@ -66,6 +66,8 @@ class IdentityEvalConfig:
         render_size: side of the frontal renders (the crop spans half of it).
         bins: histogram bins.
         examples: people shown in the example figure.
+        refine: also evaluate each checkpoint's predictions after this many steps of
+            per-photo identity refinement (:mod:`facefit.refine`; 0 = no).
     """
 
     eval_net: str = "sface"
@@ -75,6 +77,7 @@ class IdentityEvalConfig:
     render_size: int = 224
     bins: int = 40
     examples: int = 8
+    refine: int = 0
 
 
 @dataclass
@@ -168,7 +171,12 @@ def load_photos(
         if progress:
             progress("detect", i + 1, len(rows))
     if not paths:
-        raise FacefitError(f"{photo_dir}: no face found in any of {len(rows)} photos")
+        unreadable = [(p, why) for p, why in skipped if why != "no face found"]
+        if not unreadable:
+            raise FacefitError(f"{photo_dir}: no face found in any of {len(rows)} photos")
+        p, why = unreadable[0]
+        raise FacefitError(f"{photo_dir}: none of the {len(rows)} photos is usable ({len(unreadable)} unreadable, "
+                           f"e.g. {why})")
     crops = {k: np.stack(v) for k, v in crops.items()}
     emb = embed_crops(eval_net, crops[(eval_net.crop, int(eval_net.input_size))])
     return PhotoSet(paths, np.asarray(labels), crops, emb, skipped)
@@ -276,6 +284,15 @@ def _evaluate_renders(name: str, render_emb: np.ndarray, photos: PhotoSet, same:
     }
 
 
+def _other_net_hint(training_nets: set) -> str:
+    """`` (e.g. NAME)`` with a registered network none of the checkpoints was trained with."""
+    from facefit.recognition import available_nets
+
+    known = available_nets()
+    others = [n for n in ["sface", "facenet"] + known if n in known and n not in training_nets]
+    return f" (e.g. {others[0]})" if others else " (no other recognition network is registered)"
+
+
 def evaluate_identity(
     photo_dir,
     checkpoints: Mapping[str, str],
@@ -314,15 +331,13 @@ def evaluate_identity(
     rows = list_labelled(photo_dir, per_person=cfg.per_person, people=cfg.people)
     if len({lab for _, lab in rows}) < 2:
         raise FacefitError(f"{photo_dir}: need photos of at least two people")
-    infos = {}
-    for name, path in checkpoints.items():
-        info = checkpoint_summary(path)
+    infos = {name: {"path": str(path), **checkpoint_summary(path)} for name, path in checkpoints.items()}
+    for name, info in infos.items():
         if info["encoder"] == cfg.eval_net:
             raise FacefitError(
                 f"checkpoint '{name}' was trained with the '{cfg.eval_net}' network; evaluating with the same network "
-                "would flatter it: choose another --eval-net (e.g. sface)"
+                f"would flatter it: choose another --eval-net{_other_net_hint({i['encoder'] for i in infos.values()})}"
             )
-        infos[name] = {"path": str(path), **info}
     eval_net = get_net(cfg.eval_net)
     recs = {}
     for name, path in checkpoints.items():
@@ -346,6 +361,18 @@ def evaluate_identity(
         m["checkpoint"] = infos[name]
         results_ck[name] = m
         coeffs[name] = (shape, color, rend["crops"][: max(cfg.examples * 4, 1)])
+        if cfg.refine:  # the same predictions after per-photo identity refinement
+            rname = f"{name} +refine {cfg.refine}"
+            rec.refine_settings.steps = int(cfg.refine)
+            rs, rcol, refs = rec.refine(crops, shape, color)
+            rend_r = render_frontal(rec.model, rs, rcol, crop=eval_net.crop, crop_size=int(eval_net.input_size),
+                                    render_size=cfg.render_size)
+            mr = _evaluate_renders(rname, embed_crops(eval_net, rend_r["crops"]), photos, same, diff)
+            mr["checkpoint"] = {**infos[name], "refine_steps": int(cfg.refine),
+                                "train_net_identity_before": float(np.mean([r["identity_before"] for r in refs])),
+                                "train_net_identity_after": float(np.mean([r["identity_after"] for r in refs]))}
+            results_ck[rname] = mr
+            coeffs[rname] = (rs, rcol, rend_r["crops"][: max(cfg.examples * 4, 1)])
         if first_model is None:
             first_model = rec.model
         if progress:
@@ -419,94 +446,94 @@ def write_identity_report(results: dict, out_dir) -> tuple[Path, Path]:
     ref = results["reference"]
     names = list(results["checkpoints"])
     ablation = len(names) > 1
-    rep = Report("facefit eval identity — likeness on real photos" + (" (ablation)" if ablation else ""), out_dir)
-    ph = results["photos"]
-    rep.text(
-        f"Photos: `{results['photo_dir']}` — {ph['n']} photos of {ph['people']} people with a detected face "
-        f"({len(ph['skipped'])} skipped). Evaluation network: **{cfg['eval_net']}** (held out: not the training "
-        f"network of any checkpoint). Renders: frontal, fixed camera and studio lighting, grey background, "
-        f"{cfg['render_size']} px.\n\n"
-        f"Photo-pair reference distributions: same person {ref['n_same_pairs']} pairs (mean cosine "
-        f"{ref['mean_same']:.3f}), different people {ref['n_diff_pairs']} pairs (mean {ref['mean_diff']:.3f})."
-    )
-    rows = []
-    for name, m in results["checkpoints"].items():
-        ck = m["checkpoint"]
-        rows.append([name, ck.get("ablation", "–"), ck["encoder"], ck.get("step"), Path(ck["path"]).name])
-    rep.table(["name", "training", "encoder", "step", "file"], rows, title="Checkpoints")
-    t2 = [[n, m["mean_own"], m["std_own"], m["mean_render_vs_other_photos_same_person"], m["emd_to_same"],
-           m["emd_to_diff"]] for n, m in list(results["checkpoints"].items()) + [(MEAN_FACE, results["mean_face"])]]
-    rep.table(["renders of", "mean sim. photo–own render", "std", "mean sim. render–other photos of person",
-               "EMD to same person", "EMD to different people"], t2,
-              title="Similarity distributions (Table 2)",
-              note=f"Cosine similarities with {cfg['eval_net']}. Same-person photo pairs average {ref['mean_same']:.3f}, "
-                   f"different-people pairs {ref['mean_diff']:.3f}. A good reconstruction has a small EMD to the "
-                   "same-person distribution and a large one to the different-people distribution.")
-    t3 = [[n, m["top1"], m["top5"], m.get("top1_excl_self"), m.get("top5_excl_self")]
-          for n, m in list(results["checkpoints"].items()) + [(MEAN_FACE, results["mean_face"])]]
-    mf = results["mean_face"]
-    t3.append(["random chance", mf["chance_top1"], mf["chance_top5"], mf.get("chance_top1_excl_self"),
-               mf.get("chance_top5_excl_self")])
-    rep.table(["renders of", "top-1", "top-5", "top-1 w/o own photo", "top-5 w/o own photo"], t3,
-              title="Identity clustering recall (Table 3)",
-              note=f"For each render, all {ph['n']} photos ranked by similarity; recall of the right person. "
-                   f"*w/o own photo*: the render's source photo removed from the gallery "
-                   f"({mf.get('n_queries_excl_self', 0)} queries of people with two or more photos).")
+    with Report("facefit eval identity — likeness on real photos" + (" (ablation)" if ablation else ""), out_dir) as rep:
+        ph = results["photos"]
+        rep.text(
+            f"Photos: `{results['photo_dir']}` — {ph['n']} photos of {ph['people']} people with a detected face "
+            f"({len(ph['skipped'])} skipped). Evaluation network: **{cfg['eval_net']}** (held out: not the training "
+            f"network of any checkpoint). Renders: frontal, fixed camera and studio lighting, grey background, "
+            f"{cfg['render_size']} px.\n\n"
+            f"Photo-pair reference distributions: same person {ref['n_same_pairs']} pairs (mean cosine "
+            f"{ref['mean_same']:.3f}), different people {ref['n_diff_pairs']} pairs (mean {ref['mean_diff']:.3f})."
+        )
+        rows = []
+        for name, m in results["checkpoints"].items():
+            ck = m["checkpoint"]
+            rows.append([name, ck.get("ablation", "–"), ck["encoder"], ck.get("step"), Path(ck["path"]).name])
+        rep.table(["name", "training", "encoder", "step", "file"], rows, title="Checkpoints")
+        t2 = [[n, m["mean_own"], m["std_own"], m["mean_render_vs_other_photos_same_person"], m["emd_to_same"],
+               m["emd_to_diff"]] for n, m in list(results["checkpoints"].items()) + [(MEAN_FACE, results["mean_face"])]]
+        rep.table(["renders of", "mean sim. photo–own render", "std", "mean sim. render–other photos of person",
+                   "EMD to same person", "EMD to different people"], t2,
+                  title="Similarity distributions (Table 2)",
+                  note=f"Cosine similarities with {cfg['eval_net']}. Same-person photo pairs average {ref['mean_same']:.3f}, "
+                       f"different-people pairs {ref['mean_diff']:.3f}. A good reconstruction has a small EMD to the "
+                       "same-person distribution and a large one to the different-people distribution.")
+        t3 = [[n, m["top1"], m["top5"], m.get("top1_excl_self"), m.get("top5_excl_self")]
+              for n, m in list(results["checkpoints"].items()) + [(MEAN_FACE, results["mean_face"])]]
+        mf = results["mean_face"]
+        t3.append(["random chance", mf["chance_top1"], mf["chance_top5"], mf.get("chance_top1_excl_self"),
+                   mf.get("chance_top5_excl_self")])
+        rep.table(["renders of", "top-1", "top-5", "top-1 w/o own photo", "top-5 w/o own photo"], t3,
+                  title="Identity clustering recall (Table 3)",
+                  note=f"For each render, all {ph['n']} photos ranked by similarity; recall of the right person. "
+                       f"*w/o own photo*: the render's source photo removed from the gallery "
+                       f"({mf.get('n_queries_excl_self', 0)} queries of people with two or more photos).")
 
-    same, diff, own = results["_same"], results["_diff"], results["_own"]
-    lo = float(min(np.min(same) if len(same) else 0, np.min(diff) if len(diff) else 0,
-                   min(float(np.min(v)) for v in own.values())))
-    xlim = (min(-0.2, lo), 1.0)
-    for name in names:
-        p = plot_histograms({"photo vs own render": own[name], "same person (photo pairs)": same,
-                             "different people (photo pairs)": diff, "photo vs mean-face render": own[MEAN_FACE]},
-                            rep.path(f"similarity_{_slug(name)}.png"), bins=cfg["bins"], xlim=xlim,
-                            title=f"Similarity distributions — {name} ({cfg['eval_net']})",
-                            xlabel="cosine similarity",
-                            colors={"photo vs own render": "C0", "same person (photo pairs)": "C2",
-                                    "different people (photo pairs)": "C3", "photo vs mean-face render": "C7"})
-        rep.figure(p, f"Figure 5 for {name}: photo-vs-own-render similarities next to the same-person and "
-                      "different-people photo pairs and the mean-face reference (dashed lines: means).")
-    if ablation:
-        series = {n: own[n] for n in names}
-        series.update({"same person (photo pairs)": same, "different people (photo pairs)": diff})
-        p = plot_histograms(series, rep.path("similarity_ablation.png"), bins=cfg["bins"], xlim=xlim,
-                            title="Photo vs own render, per checkpoint", xlabel="cosine similarity")
-        rep.figure(p, "Ablation: the photo-vs-own-render distribution of each checkpoint.")
-    groups = names + [MEAN_FACE]
-    allm = {**results["checkpoints"], MEAN_FACE: results["mean_face"]}
-    p = plot_bars(groups, {"top-1": [allm[g]["top1"] for g in groups], "top-5": [allm[g]["top5"] for g in groups]},
-                  rep.path("recall.png"), title="Identity clustering recall", ylabel="recall",
-                  hlines={"chance top-1": mf["chance_top1"], "chance top-5": mf["chance_top5"]},
-                  hline_colors=["C0", "C1"])
-    rep.figure(p, "Top-1 / top-5 recall of the right person (own photo in the gallery), with chance levels.")
+        same, diff, own = results["_same"], results["_diff"], results["_own"]
+        lo = float(min(np.min(same) if len(same) else 0, np.min(diff) if len(diff) else 0,
+                       min(float(np.min(v)) for v in own.values())))
+        xlim = (min(-0.2, lo), 1.0)
+        for name in names:
+            p = plot_histograms({"photo vs own render": own[name], "same person (photo pairs)": same,
+                                 "different people (photo pairs)": diff, "photo vs mean-face render": own[MEAN_FACE]},
+                                rep.path(f"similarity_{_slug(name)}.png"), bins=cfg["bins"], xlim=xlim,
+                                title=f"Similarity distributions — {name} ({cfg['eval_net']})",
+                                xlabel="cosine similarity",
+                                colors={"photo vs own render": "C0", "same person (photo pairs)": "C2",
+                                        "different people (photo pairs)": "C3", "photo vs mean-face render": "C7"})
+            rep.figure(p, f"Figure 5 for {name}: photo-vs-own-render similarities next to the same-person and "
+                          "different-people photo pairs and the mean-face reference (dashed lines: means).")
+        if ablation:
+            series = {n: own[n] for n in names}
+            series.update({"same person (photo pairs)": same, "different people (photo pairs)": diff})
+            p = plot_histograms(series, rep.path("similarity_ablation.png"), bins=cfg["bins"], xlim=xlim,
+                                title="Photo vs own render, per checkpoint", xlabel="cosine similarity")
+            rep.figure(p, "Ablation: the photo-vs-own-render distribution of each checkpoint.")
+        groups = names + [MEAN_FACE]
+        allm = {**results["checkpoints"], MEAN_FACE: results["mean_face"]}
+        p = plot_bars(groups, {"top-1": [allm[g]["top1"] for g in groups], "top-5": [allm[g]["top5"] for g in groups]},
+                      rep.path("recall.png"), title="Identity clustering recall", ylabel="recall",
+                      hlines={"chance top-1": mf["chance_top1"], "chance top-5": mf["chance_top5"]},
+                      hline_colors=["C0", "C1"])
+        rep.figure(p, "Top-1 / top-5 recall of the right person (own photo in the gallery), with chance levels.")
 
-    photos = results.get("_photos")
-    renders = results.get("_renders")
-    if photos is not None and renders:
-        crop_key = results["_eval_crop"]
-        seen, idx = set(), []
-        for i, lab in enumerate(photos.labels.tolist()):
-            if lab not in seen and i < min(len(v) for v in renders.values()):
-                seen.add(lab)
-                idx.append(i)
-            if len(idx) >= cfg["examples"]:
-                break
-        grid = []
-        mean_img = results["_mean_render"].permute(1, 2, 0).numpy()
-        for i in idx:
-            row = [photos.crops[crop_key][i]] + [renders[n][i].permute(1, 2, 0).numpy() for n in names] + [mean_img]
-            grid.append(row)
-        titles = [f"{photos.labels[i]}\n" + " ".join(f"{own[n][i]:.2f}" for n in names) for i in idx]
-        p = image_sheet(grid, rep.path("examples.png"), col_titles=["photo (eval crop)"] + names + ["mean face"],
-                        row_titles=titles)
-        rep.figure(p, "Examples: the photo's evaluation crop, the frontal render of each checkpoint's reconstruction "
-                      "and the mean face, all as the evaluation network sees them (row label: person and "
-                      "photo-vs-render similarity per checkpoint).")
-    if ph["skipped"]:
-        rep.text("Skipped photos:\n\n" + "\n".join(f"- `{p}`: {why}" for p, why in ph["skipped"][:50]))
-    public = {k: v for k, v in results.items() if not k.startswith("_")}
-    return rep.write(public)
+        photos = results.get("_photos")
+        renders = results.get("_renders")
+        if photos is not None and renders:
+            crop_key = results["_eval_crop"]
+            seen, idx = set(), []
+            for i, lab in enumerate(photos.labels.tolist()):
+                if lab not in seen and i < min(len(v) for v in renders.values()):
+                    seen.add(lab)
+                    idx.append(i)
+                if len(idx) >= cfg["examples"]:
+                    break
+            grid = []
+            mean_img = results["_mean_render"].permute(1, 2, 0).numpy()
+            for i in idx:
+                row = [photos.crops[crop_key][i]] + [renders[n][i].permute(1, 2, 0).numpy() for n in names] + [mean_img]
+                grid.append(row)
+            titles = [f"{photos.labels[i]}\n" + " ".join(f"{own[n][i]:.2f}" for n in names) for i in idx]
+            p = image_sheet(grid, rep.path("examples.png"), col_titles=["photo (eval crop)"] + names + ["mean face"],
+                            row_titles=titles)
+            rep.figure(p, "Examples: the photo's evaluation crop, the frontal render of each checkpoint's reconstruction "
+                          "and the mean face, all as the evaluation network sees them (row label: person and "
+                          "photo-vs-render similarity per checkpoint).")
+        if ph["skipped"]:
+            rep.text("Skipped photos:\n\n" + "\n".join(f"- `{p}`: {why}" for p, why in ph["skipped"][:50]))
+        public = {k: v for k, v in results.items() if not k.startswith("_")}
+        return rep.write(public)
 
 
 def print_identity_summary(results: dict, console=None) -> None:

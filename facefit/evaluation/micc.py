@@ -3,9 +3,9 @@
 For each subject and each of the three videos (cooperative, indoor, outdoor), the main face
 of every frame is detected and encoded; the encoder features are **averaged over the
 frames** and decoded into one neutral face. That face is compared with the subject's
-ground-truth scan with :func:`facefit.evaluation.geometry.evaluate_geometry`: both cropped to
-95 mm around the nose tip, ICP with isotropic scale, symmetric point-to-plane distance in mm
-within the region of overlap. The report gives the mean and standard deviation over subjects
+ground-truth scan with :func:`facefit.evaluation.geometry.evaluate_geometry`: the scan cropped
+to 95 mm around its nose tip, ICP with isotropic scale, symmetric point-to-plane distance in
+mm within the region of overlap. The report gives the mean and standard deviation over subjects
 per condition, and the same numbers for the model's mean face as a reference.
 
 MICC Florence must be requested from its authors
@@ -349,7 +349,7 @@ class MiccEvalConfig:
         conditions: which videos to use.
         frame_step: use every n-th frame (1 = all frames, the paper's protocol).
         max_frames: at most this many frames per video (0 = no limit).
-        radius: crop radius around the nose tip (mm).
+        radius: crop radius of the ground truth around its nose tip (mm).
         scan_units: "auto", "mm", "cm" or "m".
         subjects: only these subject folders (None = all).
         detector: face detector backend.
@@ -537,52 +537,52 @@ def _grey_render(verts: np.ndarray, tris: np.ndarray, size: int = 160) -> np.nda
 def write_micc_report(results: dict, out_dir) -> tuple[Path, Path]:
     """Write ``report.md``, ``results.json`` and the figures of a MICC run."""
     cfg = results["config"]
-    rep = Report("facefit eval micc — MICC Florence geometric error (Table 1)", out_dir)
-    rep.text(
-        f"Data: `{results['data_dir']}` ({results['n_subjects']} subjects). Checkpoint: `{results['checkpoint']}`; "
-        f"model **{results['model']['name']}**.\n\n"
-        "Protocol: per subject and video, the encoder features of the main face are averaged over "
-        f"{'all frames' if cfg['frame_step'] == 1 and not cfg['max_frames'] else 'the sampled frames (every ' + str(cfg['frame_step']) + ' frame(s)' + (', at most ' + str(cfg['max_frames']) + ')' if cfg['max_frames'] else ')')} "
-        f"and decoded into one neutral face; the scan and the face are cropped to {cfg['radius']:g} mm around the "
-        "nose tip, aligned with ICP including isotropic scale, and compared with the symmetric point-to-plane "
-        "distance (scan normals) within the region of overlap. Mean and standard deviation over subjects, in mm. "
-        "The model's mean face, aligned the same way, is the reference."
-    )
-    headers, rows = summary_rows(results)
-    rep.table(headers, rows, title="Symmetric point-to-plane error (mm)")
-    recs = results["subjects"]
-    conds = list(results["summary"])
-    series = {c: [r["conditions"].get(c, {}).get("error_mm", float("nan")) for r in recs if "error" not in r]
-              for c in conds}
-    series["mean face"] = [r["mean_face"]["error_mm"] for r in recs if "error" not in r]
-    p = plot_boxes(series, rep.path("errors.png"), title="Per-subject error", ylabel="point-to-plane distance (mm)")
-    rep.figure(p, "Per-subject error per condition, and of the mean face.")
-    exs = results.get("_examples") or []
-    if exs:
-        grid, titles = [], []
-        for ex in exs:
-            gv, gt, gnose = ex["gt"]
-            cv, ct, _ = crop_mesh(gv, gt, gnose, cfg["radius"])
-            pv = ex["transform"].apply(ex["pred"])
-            pcv, pct, _ = crop_mesh(pv, results["_model_tris"], gnose, cfg["radius"])
-            grid.append([ex["frame"], _grey_render(cv, ct), _grey_render(pcv, pct)])
-            titles.append(ex["subject"])
-        p = image_sheet(grid, rep.path("examples.png"), col_titles=[f"{conds[0]} frame", "scan (cropped)",
-                                                                    "facefit (aligned, cropped)"], row_titles=titles, size=2.0)
-        rep.figure(p, "Examples: a video frame, the cropped scan and facefit's aligned reconstruction.")
-    rows = []
-    for r in recs:
-        if "error" in r:
-            rows.append([r["subject"]] + ["–"] * (len(conds) + 2) + [r["error"]])
-            continue
-        notes = "; ".join(f"{c}: {r['conditions'][c].get('missing') or r['conditions'][c].get('failed')}"
-                          for c in conds if c in r["conditions"] and (r["conditions"][c].get("missing")
-                                                                     or r["conditions"][c].get("failed")))
-        rows.append([r["subject"]] + [r["conditions"].get(c, {}).get("error_mm") for c in conds]
-                    + [r["mean_face"]["error_mm"], Path(r["nose_tip"]["source"]).name, notes])
-    rep.table(["subject"] + conds + ["mean face", "nose tip", "notes"], rows, title="Per subject (mm)", digits=2)
-    public = {k: v for k, v in results.items() if not k.startswith("_")}
-    return rep.write(public)
+    with Report("facefit eval micc — MICC Florence geometric error (Table 1)", out_dir) as rep:
+        rep.text(
+            f"Data: `{results['data_dir']}` ({results['n_subjects']} subjects). Checkpoint: `{results['checkpoint']}`; "
+            f"model **{results['model']['name']}**.\n\n"
+            "Protocol: per subject and video, the encoder features of the main face are averaged over "
+            f"{'all frames' if cfg['frame_step'] == 1 and not cfg['max_frames'] else 'the sampled frames (every ' + str(cfg['frame_step']) + ' frame(s)' + (', at most ' + str(cfg['max_frames']) + ')' if cfg['max_frames'] else ')')} "
+            f"and decoded into one neutral face; the scan is cropped to {cfg['radius']:g} mm around its nose tip, the "
+            "face is aligned to it with ICP including isotropic scale, and the two are compared with the symmetric "
+            "point-to-plane distance (scan normals) within the region of overlap. Mean and standard deviation over subjects, in mm. "
+            "The model's mean face, aligned the same way, is the reference."
+        )
+        headers, rows = summary_rows(results)
+        rep.table(headers, rows, title="Symmetric point-to-plane error (mm)")
+        recs = results["subjects"]
+        conds = list(results["summary"])
+        series = {c: [r["conditions"].get(c, {}).get("error_mm", float("nan")) for r in recs if "error" not in r]
+                  for c in conds}
+        series["mean face"] = [r["mean_face"]["error_mm"] for r in recs if "error" not in r]
+        p = plot_boxes(series, rep.path("errors.png"), title="Per-subject error", ylabel="point-to-plane distance (mm)")
+        rep.figure(p, "Per-subject error per condition, and of the mean face.")
+        exs = results.get("_examples") or []
+        if exs:
+            grid, titles = [], []
+            for ex in exs:
+                gv, gt, gnose = ex["gt"]
+                cv, ct, _ = crop_mesh(gv, gt, gnose, cfg["radius"])
+                pv = ex["transform"].apply(ex["pred"])
+                pcv, pct, _ = crop_mesh(pv, results["_model_tris"], gnose, cfg["radius"])
+                grid.append([ex["frame"], _grey_render(cv, ct), _grey_render(pcv, pct)])
+                titles.append(ex["subject"])
+            p = image_sheet(grid, rep.path("examples.png"), col_titles=[f"{conds[0]} frame", "scan (cropped)",
+                                                                        "facefit (aligned, cropped)"], row_titles=titles, size=2.0)
+            rep.figure(p, "Examples: a video frame, the cropped scan and facefit's aligned reconstruction.")
+        rows = []
+        for r in recs:
+            if "error" in r:
+                rows.append([r["subject"]] + ["–"] * (len(conds) + 2) + [r["error"]])
+                continue
+            notes = "; ".join(f"{c}: {r['conditions'][c].get('missing') or r['conditions'][c].get('failed')}"
+                              for c in conds if c in r["conditions"] and (r["conditions"][c].get("missing")
+                                                                         or r["conditions"][c].get("failed")))
+            rows.append([r["subject"]] + [r["conditions"].get(c, {}).get("error_mm") for c in conds]
+                        + [r["mean_face"]["error_mm"], Path(r["nose_tip"]["source"]).name, notes])
+        rep.table(["subject"] + conds + ["mean face", "nose tip", "notes"], rows, title="Per subject (mm)", digits=2)
+        public = {k: v for k, v in results.items() if not k.startswith("_")}
+        return rep.write(public)
 
 
 def print_micc_summary(results: dict, console=None) -> None:

@@ -3,30 +3,39 @@ PNG plots (matplotlib, Agg backend) and a rich summary table for the terminal.
 
 Usage::
 
-    rep = Report("Synthetic faces", out_dir)
-    rep.text("What was measured ...")
-    rep.table(["method", "error (mm)"], [["facefit", 1.23]], title="Geometric error")
-    rep.figure(plot_boxes(...), "Per-face errors")
-    rep.write(results)          # report.md + results.json
+    check_output_dir(out_dir)   # before the long computation: a writable folder?
+    with Report("Synthetic faces", out_dir) as rep:
+        rep.text("What was measured ...")
+        rep.table(["method", "error (mm)"], [["facefit", 1.23]], title="Geometric error")
+        rep.figure(plot_boxes(series, rep.path("errors.png")), "Per-face errors")
+        rep.write(results)      # report.md + results.json, then every file moves into out_dir
     print_summary("Synthetic faces", headers, rows)
 
-Every file is written atomically (:func:`facefit.atomic.atomic_write`).
+Every file is written atomically (:func:`facefit.atomic.atomic_write`) into a staging folder;
+the report's files move into ``out_dir`` only once all of them are written, and a failure
+leaves none of them behind (:class:`Report`).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from facefit.atomic import atomic_write
+from facefit.atomic import atomic_write, describe_os_error
+from facefit.errors import FacefitError
 
 __all__ = [
     "Report",
+    "check_output_dir",
     "fmt",
     "md_table",
     "to_jsonable",
@@ -126,9 +135,70 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int 
 # the report
 
 
+def _os_reason(exc: OSError, where: Path) -> str:
+    """A few words on why ``where`` could not be written to."""
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied in '{where}'"
+    if code == errno.EROFS:
+        return "read-only file system"
+    if code == errno.ENOSPC:
+        return "no space left on device"
+    if code == getattr(errno, "EDQUOT", -1):
+        return "disk quota exceeded"
+    if code == errno.ENOTDIR:
+        return f"'{where}' is not a folder"
+    return (exc.strerror or str(exc) or type(exc).__name__).strip().replace("\n", " ")
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Make sure a report can be written into the folder ``out_dir``, without creating it.
+
+    Called by every ``facefit eval`` command before its (long) computation: the folder must
+    be a folder (not a file) and writable, or, when missing, creatable (its nearest existing
+    parent is a writable folder). Writability is tested by creating and removing a hidden
+    probe file, so read-only file systems and permissions are caught as they really are.
+
+    Returns:
+        ``out_dir`` as a Path.
+    Raises:
+        FacefitError: one line, e.g. ``"cannot write the report to out: it is a file, not a
+        folder"``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FacefitError(f"cannot write the report to {out}: it is a file, not a folder")
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir.parent != probe_dir:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise FacefitError(f"cannot create the report folder {out}: {probe_dir} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".facefit-probe.", suffix=".tmp", dir=probe_dir)
+    except OSError as exc:
+        what = "write the report to" if probe_dir == out else "create the report folder"
+        raise FacefitError(f"cannot {what} {out}: {_os_reason(exc, probe_dir)}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return out
+
+
 @dataclass
 class Report:
-    """A Markdown report being assembled in ``out_dir``.
+    """A Markdown report being assembled for ``out_dir``.
+
+    The figures (:meth:`path`), ``report.md`` and ``results.json`` are first written into a
+    hidden staging folder inside ``out_dir``; :meth:`write` moves them all into ``out_dir``
+    (``report.md`` last), each with an atomic rename. If anything fails before that (a plot
+    that cannot be drawn, a full disk), the staging folder is removed and ``out_dir`` is left
+    as it was: never a ``errors.png`` without its ``report.md``, never a half-written file.
+    Use it as a context manager so that a failure between two steps cleans up too (and the
+    folders the report created are removed again while empty)::
+
+        with Report("title", out_dir) as rep:
+            rep.figure(plot_boxes(..., rep.path("errors.png")), "caption")
+            return rep.write(results)
 
     Attributes:
         title: the ``#`` heading.
@@ -141,8 +211,42 @@ class Report:
     parts: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = check_output_dir(self.out_dir)
+        # folders this report creates (removed again if it fails while they are empty)
+        self._created = [d for d in [self.out_dir, *self.out_dir.parents] if not d.exists()]
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FacefitError(f"cannot create the report folder {self.out_dir}: {_os_reason(exc, self.out_dir)}") from None
+        self._stage: Optional[Path] = None
+        self._names: list[str] = []
+
+    def __enter__(self) -> "Report":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.discard()
+        if exc_type is not None:
+            for d in self._created:  # innermost first
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+        return False
+
+    def _staging(self) -> Path:
+        if self._stage is None:
+            try:
+                self._stage = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=self.out_dir))
+            except OSError as exc:
+                raise FacefitError(f"cannot write the report to {self.out_dir}: {_os_reason(exc, self.out_dir)}") from None
+        return self._stage
+
+    def discard(self) -> None:
+        """Remove the staging folder and everything written into it (no-op after :meth:`write`)."""
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
 
     def heading(self, text: str, level: int = 2) -> None:
         self.parts.append("#" * level + " " + text)
@@ -159,24 +263,60 @@ class Report:
             self.parts.append(note.strip())
 
     def figure(self, path: Optional[Path], caption: str) -> None:
-        """Embed a figure (a path inside ``out_dir``; None is skipped)."""
+        """Embed a figure (a path from :meth:`path`, or one inside ``out_dir``; None is skipped)."""
         if path is None:
             return
-        rel = os.path.relpath(Path(path), self.out_dir)
+        path = Path(path)
+        base = self._stage if self._stage is not None and path.parent == self._stage else self.out_dir
+        rel = os.path.relpath(path, base)
         self.parts.append(f"![{caption}]({Path(rel).as_posix()})\n\n*{caption}*")
 
     def path(self, name: str) -> Path:
-        """A file name inside ``out_dir``."""
-        return self.out_dir / name
+        """Where to write the report file ``name`` (a plain file name); it appears in
+        ``out_dir`` when :meth:`write` succeeds."""
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"report files are plain file names, not {name!r}")
+        if name not in self._names:
+            self._names.append(name)
+        return self._staging() / name
 
     def write(self, results: Mapping[str, Any]) -> tuple[Path, Path]:
-        """Write ``report.md`` and ``results.json``; returns their paths."""
+        """Write ``report.md`` and ``results.json`` and move every staged file into
+        ``out_dir``; returns the final paths of ``report.md`` and ``results.json``.
+
+        Raises:
+            FacefitError: a file could not be written or moved (disk full, ...); then
+                nothing of this report is left in ``out_dir`` and earlier files there are
+                untouched.
+        """
         md = f"# {self.title}\n\n" + "\n\n".join(self.parts) + "\n"
-        rp = self.out_dir / REPORT_NAME
-        with atomic_write(rp, "w", mkdir=True) as f:
-            f.write(md)
-        jp = write_json(results, self.out_dir / RESULTS_NAME)
-        return rp, jp
+        try:
+            with atomic_write(self.path(REPORT_NAME), "w") as f:
+                f.write(md)
+            write_json(results, self.path(RESULTS_NAME))
+            self._commit()
+        finally:
+            self.discard()
+        return self.out_dir / REPORT_NAME, self.out_dir / RESULTS_NAME
+
+    def _commit(self) -> None:
+        """Move the staged files into ``out_dir``: figures first, ``results.json``, then
+        ``report.md``. A failure midway removes the files already moved by this call."""
+        stage = self._staging()
+        order = [n for n in self._names if n not in (RESULTS_NAME, REPORT_NAME)] + [RESULTS_NAME, REPORT_NAME]
+        missing = [n for n in order if not (stage / n).is_file()]
+        if missing:  # a figure function returned without writing its file
+            raise FacefitError(f"cannot write {self.out_dir / missing[0]}: the file was not produced")
+        moved: list[Path] = []
+        try:
+            for n in order:
+                os.replace(stage / n, self.out_dir / n)
+                moved.append(self.out_dir / n)
+        except OSError as exc:
+            for m in moved:
+                with contextlib.suppress(OSError):
+                    m.unlink()
+            raise FacefitError(describe_os_error(self.out_dir / n, exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ When the detector misses a face, the projected ground-truth landmark vertices st
 the detected landmarks (for both facefit's crop and the landmark fit); the report counts
 these fallbacks. The ground truth is the sampled identity's *neutral* shape (facefit
 reconstructs neutral faces; an expression in the image is a nuisance). Every prediction is
-scored with :func:`facefit.evaluation.geometry.evaluate_geometry` (95 mm crop around the
-nose tip = the model's landmark 30, ICP with scale, symmetric point-to-plane distance) and,
+scored with :func:`facefit.evaluation.geometry.evaluate_geometry` (ground truth cropped at
+95 mm around its nose tip = the model's landmark 30, ICP with scale, symmetric
+point-to-plane distance within the region of overlap) and,
 because all meshes share the model's topology, with the dense per-vertex error after a
 similarity alignment as a second opinion.
 """
@@ -54,7 +55,7 @@ class SyntheticEvalConfig:
         image_size: render side in pixels.
         face_fill: fraction of the image side the face's dlib chip spans.
         yaw_range, pitch_range, roll_range: uniform pose ranges (degrees).
-        radius: crop radius around the nose tip (mm).
+        radius: crop radius of the ground truth around its nose tip (mm).
         fit_steps: optimisation steps of the landmark-fit baseline (0 disables it).
         detector: face detector backend.
     """
@@ -302,58 +303,58 @@ def write_synthetic_report(results: dict, out_dir, model=None, sample_faces: int
         (report path, results path).
     """
     cfg = results["config"]
-    rep = Report("facefit eval synthetic — geometric error on model samples", out_dir)
-    rep.text(
-        f"{results['n_faces']} faces sampled from **{results['model']['name']}** (seed {cfg['seed']}), rendered at "
-        f"{cfg['image_size']} px with random pose (yaw {cfg['yaw_range']}, pitch {cfg['pitch_range']}, roll "
-        f"{cfg['roll_range']} degrees), random lighting{' and random expressions' if cfg['expression'] else ''}. "
-        f"Checkpoint: `{results['checkpoint']}` (encoder `{results['encoder']}`).\n\n"
-        f"Protocol: ground truth = the sampled neutral shape; both meshes cropped to {cfg['radius']:g} mm around the "
-        "nose tip (model landmark 30); ICP with isotropic scale; symmetric point-to-plane distance (ground-truth "
-        "normals) within the region of overlap, in mm. *Dense* = mean per-vertex distance after a similarity "
-        "alignment (same topology). Landmarks come from the face detector run on the render "
-        f"(`{cfg['detector']}`); it missed {results['detector_fallbacks']} of {results['n_faces']} faces, for which "
-        "the projected ground-truth landmarks were used."
-    )
-    headers, rows = summary_rows(results)
-    rep.table(headers, rows, title="Geometric error (mm)",
-              note="*facefit/method*: ratio of mean errors (< 1: facefit is better).")
-    if results["ratios"]:
-        rrows = [[m, r["ratio_of_means"], r["median_per_face_ratio"], r["facefit_better_fraction"]]
-                 for m, r in results["ratios"].items()]
-        rep.table(["baseline", "ratio of means", "median per-face ratio", "faces where facefit is better"], rrows,
-                  title="facefit relative to the baselines")
-    methods = list(results["summary"])
-    recs = results["faces"]
-    box = plot_boxes({m: [r[m]["error_mm"] for r in recs] for m in methods}, rep.path("errors.png"),
-                     title="Per-face geometric error", ylabel="symmetric point-to-plane distance (mm)")
-    rep.figure(box, "Per-face error of each method (box: quartiles, triangle: mean).")
-    sc = plot_scatter({m: ([abs(r["yaw"]) for r in recs], [r[m]["error_mm"] for r in recs]) for m in methods},
-                      rep.path("error_vs_yaw.png"), title="Error against head yaw", xlabel="|yaw| (degrees)",
-                      ylabel="error (mm)")
-    rep.figure(sc, "Error against the absolute yaw of the rendered face.")
-    faces = results.get("_faces")
-    preds = results.get("_predictions")
-    if model is not None and faces is not None and preds is not None and sample_faces > 0:
-        k = min(sample_faces, len(faces.images))
-        cols = ["input render", "ground truth"] + methods
-        grid = []
-        gt_r = render_frontal(model, faces.shape_coeffs[:k], grey=True, crop="dlib_chip", render_size=160, crop_fill=0.8)
-        rend = {m: render_frontal(model, preds[m][:k], grey=True, crop="dlib_chip", render_size=160, crop_fill=0.8)
-                for m in methods}
-        for i in range(k):
-            row = [faces.images[i], gt_r["images"][i].permute(1, 2, 0).numpy()]
-            row += [rend[m]["images"][i].permute(1, 2, 0).numpy() for m in methods]
-            grid.append(row)
-        titles = [f"#{i} {recs[i]['facefit']['error_mm']:.2f} mm" for i in range(k)]
-        sheet = image_sheet(grid, rep.path("examples.png"), col_titles=cols, row_titles=titles)
-        rep.figure(sheet, "Examples: the input render, then frontal grey renders of the ground-truth neutral shape "
-                          "and of each method's prediction (row label: facefit's error).")
-    rep.table(["#", "yaw", "pitch", "detected"] + methods,
-              [[r["index"], r["yaw"], r["pitch"], r["detected"]] + [r[m]["error_mm"] for m in methods] for r in recs],
-              title="Per face (error in mm)", digits=2)
-    public = {k: v for k, v in results.items() if not k.startswith("_")}
-    return rep.write(public)
+    with Report("facefit eval synthetic — geometric error on model samples", out_dir) as rep:
+        rep.text(
+            f"{results['n_faces']} faces sampled from **{results['model']['name']}** (seed {cfg['seed']}), rendered at "
+            f"{cfg['image_size']} px with random pose (yaw {cfg['yaw_range']}, pitch {cfg['pitch_range']}, roll "
+            f"{cfg['roll_range']} degrees), random lighting{' and random expressions' if cfg['expression'] else ''}. "
+            f"Checkpoint: `{results['checkpoint']}` (encoder `{results['encoder']}`).\n\n"
+            f"Protocol: ground truth = the sampled neutral shape, cropped to {cfg['radius']:g} mm around its nose tip "
+            "(model landmark 30); ICP with isotropic scale of the whole prediction; symmetric point-to-plane distance "
+            "(ground-truth normals) within the region of overlap, in mm. *Dense* = mean per-vertex distance after a similarity "
+            "alignment (same topology). Landmarks come from the face detector run on the render "
+            f"(`{cfg['detector']}`); it missed {results['detector_fallbacks']} of {results['n_faces']} faces, for which "
+            "the projected ground-truth landmarks were used."
+        )
+        headers, rows = summary_rows(results)
+        rep.table(headers, rows, title="Geometric error (mm)",
+                  note="*facefit/method*: ratio of mean errors (< 1: facefit is better).")
+        if results["ratios"]:
+            rrows = [[m, r["ratio_of_means"], r["median_per_face_ratio"], r["facefit_better_fraction"]]
+                     for m, r in results["ratios"].items()]
+            rep.table(["baseline", "ratio of means", "median per-face ratio", "faces where facefit is better"], rrows,
+                      title="facefit relative to the baselines")
+        methods = list(results["summary"])
+        recs = results["faces"]
+        box = plot_boxes({m: [r[m]["error_mm"] for r in recs] for m in methods}, rep.path("errors.png"),
+                         title="Per-face geometric error", ylabel="symmetric point-to-plane distance (mm)")
+        rep.figure(box, "Per-face error of each method (box: quartiles, triangle: mean).")
+        sc = plot_scatter({m: ([abs(r["yaw"]) for r in recs], [r[m]["error_mm"] for r in recs]) for m in methods},
+                          rep.path("error_vs_yaw.png"), title="Error against head yaw", xlabel="|yaw| (degrees)",
+                          ylabel="error (mm)")
+        rep.figure(sc, "Error against the absolute yaw of the rendered face.")
+        faces = results.get("_faces")
+        preds = results.get("_predictions")
+        if model is not None and faces is not None and preds is not None and sample_faces > 0:
+            k = min(sample_faces, len(faces.images))
+            cols = ["input render", "ground truth"] + methods
+            grid = []
+            gt_r = render_frontal(model, faces.shape_coeffs[:k], grey=True, crop="dlib_chip", render_size=160, crop_fill=0.8)
+            rend = {m: render_frontal(model, preds[m][:k], grey=True, crop="dlib_chip", render_size=160, crop_fill=0.8)
+                    for m in methods}
+            for i in range(k):
+                row = [faces.images[i], gt_r["images"][i].permute(1, 2, 0).numpy()]
+                row += [rend[m]["images"][i].permute(1, 2, 0).numpy() for m in methods]
+                grid.append(row)
+            titles = [f"#{i} {recs[i]['facefit']['error_mm']:.2f} mm" for i in range(k)]
+            sheet = image_sheet(grid, rep.path("examples.png"), col_titles=cols, row_titles=titles)
+            rep.figure(sheet, "Examples: the input render, then frontal grey renders of the ground-truth neutral shape "
+                              "and of each method's prediction (row label: facefit's error).")
+        rep.table(["#", "yaw", "pitch", "detected"] + methods,
+                  [[r["index"], r["yaw"], r["pitch"], r["detected"]] + [r[m]["error_mm"] for m in methods] for r in recs],
+                  title="Per face (error in mm)", digits=2)
+        public = {k: v for k, v in results.items() if not k.startswith("_")}
+        return rep.write(public)
 
 
 def print_synthetic_summary(results: dict, console=None) -> None:

@@ -42,8 +42,18 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
+def _numeric(arr: Any, label: str, where: str) -> np.ndarray:
+    """``arr`` as an array of real numbers, or InvalidFileError (strings, structs, complex...)."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "biuf":
+        kind = {"S": "text", "U": "text", "O": "text or other non-numeric data", "V": "compound records",
+                "c": "complex numbers"}.get(a.dtype.kind, f"{a.dtype} data")
+        raise InvalidFileError(f"{where}: {label} holds {kind}, not real numbers")
+    return a
+
+
 def _triangles(cells: np.ndarray, n_v: int, one_based: bool, where: str) -> np.ndarray:
-    cells = np.asarray(cells)
+    cells = _numeric(cells, "the triangle list", where)
     if cells.ndim != 2 or 3 not in cells.shape:
         raise InvalidFileError(f"{where}: triangles must be (F, 3) or (3, F), got {cells.shape}")
     if cells.shape[1] != 3:  # Statismo stores (3, F)
@@ -59,13 +69,21 @@ def _triangles(cells: np.ndarray, n_v: int, one_based: bool, where: str) -> np.n
 
 def _pca(mean: np.ndarray, basis: np.ndarray, std: np.ndarray, n_v: int, what: str, where: str):
     """Check and reshape a flattened PCA model: (3V,), (3V, K), (K,) -> (V,3), (V,3,K), (K,)."""
-    mean = np.asarray(mean, np.float64).reshape(-1)
-    basis = np.asarray(basis, np.float64)
-    std = np.asarray(std, np.float64).reshape(-1)
+    mean = _numeric(mean, f"the {what} mean", where).astype(np.float64).reshape(-1)
+    basis = _numeric(basis, f"the {what} basis", where).astype(np.float64)
+    std = _numeric(std, f"the {what} variance vector", where).astype(np.float64).reshape(-1)
     if basis.ndim == 1:
         basis = basis[:, None]
-    if mean.size != 3 * n_v or basis.shape[0] != 3 * n_v:
-        raise InvalidFileError(f"{where}: {what} model has {mean.size // 3} vertices, expected {n_v}")
+    if basis.ndim != 2:
+        raise InvalidFileError(f"{where}: {what} basis must be a (3V, K) matrix, got shape {basis.shape}")
+    if mean.size != 3 * n_v:
+        raise InvalidFileError(
+            f"{where}: {what} mean has {mean.size} values, expected {3 * n_v} (x, y, z of {n_v} vertices)"
+        )
+    if basis.shape[0] != 3 * n_v:
+        raise InvalidFileError(
+            f"{where}: {what} basis has {basis.shape[0]} rows, expected {3 * n_v} (x, y, z of {n_v} vertices)"
+        )
     if basis.shape[1] != std.size:
         raise InvalidFileError(f"{where}: {what} basis has {basis.shape[1]} columns but {std.size} variances")
     for label, arr in (("mean", mean), ("basis", basis), ("variance", std)):
@@ -81,7 +99,14 @@ def _pca(mean: np.ndarray, basis: np.ndarray, std: np.ndarray, n_v: int, what: s
 
 def _h5(group: Any, key: str, where: str, required: bool = True):
     if key in group:
-        return np.asarray(group[key][()])
+        obj = group[key]
+        if not hasattr(obj, "dtype"):
+            raise InvalidFileError(f"{where}: /{key} is a group, not a dataset; not a Basel Face Model 2017/2019 file?")
+        try:
+            data = obj[()]
+        except (OSError, ValueError, TypeError) as exc:
+            raise InvalidFileError(f"{where}: cannot read /{key} ({exc})".splitlines()[0]) from None
+        return _numeric(data, f"/{key}", where)
     if required:
         raise InvalidFileError(f"{where}: missing /{key}; not a Basel Face Model 2017/2019 file?")
     return None
