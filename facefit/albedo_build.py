@@ -51,6 +51,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from facefit.shipped import shipped_models_dir
 from facefit.errors import FacefitError, InvalidFileError
 from facefit.morphable import MorphableModel
 
@@ -79,8 +80,8 @@ __all__ = [
     "weighted_pca",
 ]
 
-#: Where shipped albedo models live: ``<repository>/models/albedo``.
-ALBEDO_DIR = Path(__file__).resolve().parents[1] / "models" / "albedo"
+#: Where shipped albedo models live: ``<repository>/models/albedo`` (or its installed copy).
+ALBEDO_DIR = shipped_models_dir() / "albedo"
 #: Format name in the header of albedo files.
 ALBEDO_FORMAT = "facefit-albedo-model"
 _ALBEDO_VERSION = 1
@@ -944,14 +945,17 @@ def build_albedo(
     samples: PhotoSamples | None = None,
     samples_cache: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
+    albedo_only: bool = False,
 ) -> MorphableModel:
     """Learn a statistical albedo model for ``model`` from a folder of photos.
 
     Args:
         photos_dir: folder of photos (searched recursively; one main face each).
         model: the morphable model (needs 68 landmarks; its colour model is replaced).
-        out: where to save the colour model (small ``.npz`` for :func:`shipped_albedo_for`);
-            None = don't save.
+        out: where to save the result: a complete facefit model ``.npz`` (the input shape
+            model + the new colour model, loadable with ``--model OUT``), or with
+            ``albedo_only`` just the colour model (small ``.npz`` of the kind
+            :func:`shipped_albedo_for` finds in ``models/albedo``); None = don't save.
         n_components: number of colour components to keep (at most).
         variance: keep the fewest components that explain this fraction of the variance
             (e.g. 0.9), capped by ``n_components``.
@@ -974,6 +978,7 @@ def build_albedo(
             and lists the same photos, else written after processing them (see
             :func:`save_samples`; about 0.12 MB per photo for a 9.4k-vertex model).
         log: called with progress messages (default: print when ``progress``).
+        albedo_only: write only the colour model to ``out`` (see ``out``).
     Returns:
         ``model.with_color_model(mean, basis, std, description=...)`` with provenance in
         ``meta["albedo"]``.
@@ -1094,7 +1099,10 @@ def build_albedo(
     result.meta["albedo"] = provenance
     if out is not None:
         out = Path(out)
-        save_albedo_file(out, result, provenance)
+        if albedo_only:
+            save_albedo_file(out, result, provenance)
+        else:
+            result.save(out)
         say(f"albedo: wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
         if report is True:
             report = out.with_name(out.stem + "-report.png")

@@ -114,22 +114,33 @@ def model_fetch(
 @model_app.command("build-albedo")
 def model_build_albedo(
     photos: Path = typer.Option(..., "--photos", help="Folder of face photos (searched recursively), one main face each."),
-    out: Path = typer.Option(..., "-o", "--out", help="Where to write the colour model (.npz)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write the result (.npz): a complete facefit model (the shape model + the new colour model) for --model, or with --albedo-only just the colour model."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model (default: the default model)."),
     components: int = typer.Option(30, "--components", min=1, help="Colour components to keep (at most)."),
     variance: Optional[float] = typer.Option(None, "--variance", help="Keep the fewest components explaining this share (e.g. 0.9)."),
     max_photos: Optional[int] = typer.Option(None, "--max-photos", min=2, help="Use an evenly spread subset of this many photos."),
+    albedo_only: bool = typer.Option(False, "--albedo-only", help="Write only the small colour-model file (the kind facefit ships in models/albedo/; loading it attaches it to the default shape model)."),
 ):
-    """Learn a statistical albedo (colour) model from ordinary photos for a shape model."""
+    """Learn a statistical albedo (colour) model from ordinary photos for a shape model.
+
+    Writes OUT (see --out) and OUT-report.png (mean albedo, components at +-2 sd, explained
+    variance). 'facefit model info OUT' shows the provenance.
+    """
     from . import model_io
     from .albedo_build import build_albedo
 
     m = model_io.resolve_model(model)
     if not photos.is_dir():
         raise FacefitError(f"{photos}: not a folder")
+    if out.suffix.lower() != ".npz":
+        raise FacefitError(f"{out}: the output must be a .npz file")
     built = build_albedo(photos, m, out, n_components=components, variance=variance, max_photos=max_photos,
-                         progress=sys.stderr.isatty())
-    typer.echo(f"{out}: {built.n_color} colour components ({built.meta.get('color_model', '')})")
+                         progress=sys.stderr.isatty(), albedo_only=albedo_only,
+                         log=None if sys.stderr.isatty() else (lambda msg: typer.echo(msg, err=True)))
+    prov = built.meta.get("albedo", {})
+    kind = "colour model" if albedo_only else f"model '{built.name}' (hash {built.content_hash})"
+    typer.echo(f"{out}: {kind}, {built.n_color} colour components from {prov.get('used', '?')} of "
+               f"{prov.get('photos', '?')} photos, {float(prov.get('explained_variance_total', float('nan'))):.1%} of the variance")
 
 
 # --------------------------------------------------------------------------- render
@@ -173,17 +184,36 @@ def reconstruct_cmd(
     save_coeffs: Optional[str] = typer.Option(None, "--save-coeffs", help="Also write coefficients: npz or json."),
     render: bool = typer.Option(False, "--render", help="Also write a turntable (GIF, MP4, contact sheet) per face."),
     render_size: int = typer.Option(256, min=32, max=2048, help="Turntable image size."),
-    fuse: bool = typer.Option(False, "--fuse", help="All inputs show one person: average encoder features, write ONE face."),
+    fuse: bool = typer.Option(False, "--fuse", help="All inputs show one person: average encoder features, write ONE face "
+                              "(inputs without a face are left out and reported)."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Reconstruct every face in a photo, not only the main one."),
-    texture: str = typer.Option("model", "--texture", help="'model' (predicted colour) or 'photo' (project the photo onto the mesh)."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip faces whose mesh exists (continue an interrupted run)."),
+    texture: str = typer.Option("model", "--texture", help="'model' (predicted colour) or 'photo' (project the photo onto the "
+                                "mesh; with --fuse, the photo whose face was detected most confidently)."),
+    units: Optional[str] = typer.Option(None, "--units", help="Units of the mesh files: mm, cm or m (default: mm for "
+                                        "OBJ and PLY, m for GLB as glTF viewers expect)."),
+    refine: int = typer.Option(0, "--refine", min=0, max=1000, help="Beyond the paper: after the regressor, spend this many "
+                               "steps per face moving the coefficients so that renders match the photo's identity "
+                               "(about 0.1-0.2 s per step on a CPU; 40 is a good value; 0 = off)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose requested outputs all exist (continue "
+                                       "an interrupted run, or add --save-coeffs/--render outputs to an earlier one)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=1024, help="Faces per encoder batch; outputs are written after each."),
 ):
-    """Reconstruct neutral 3D faces from photos, folders or videos."""
+    """Reconstruct neutral 3D faces from photos, folders or videos.
+
+    With an output FOLDER, outputs are named after the inputs (sub-folders kept); inputs
+    that would share a name (p00.png and p00.jpg) get their extension appended
+    (p00_png.obj, p00_jpg.obj). Bad inputs are reported and the run goes on.
+    OUT/manifest.jsonl describes the last run: one JSON line per input (per frame for
+    videos) with its status (ok, skipped: outputs already there, error) and its outputs
+    or error. During a run the lines go to OUT/manifest.jsonl.partial as inputs finish
+    (nothing is lost if the run is killed); it replaces manifest.jsonl at the end.
+
+    An output FILE (.obj/.ply/.glb) takes exactly one face: one photo, or --fuse.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -195,8 +225,9 @@ def reconstruct_cmd(
         raise FacefitError(f"--detector must be dlib, mtcnn or yunet, not '{detector}'")
     s = run_batch(inputs, out, checkpoint=checkpoint, model=model, fmt=fmt, save_coeffs=save_coeffs,
                   render=render, render_size=render_size, fuse=fuse, all_faces=all_faces,
-                  texture=None if texture == "model" else texture, skip_existing=skip_existing,
-                  detector=detector, device=device, progress=sys.stderr.isatty(), batch_size=batch_size)
+                  texture=None if texture == "model" else texture, units=units, skip_existing=skip_existing,
+                  detector=detector, device=device, progress=sys.stderr.isatty(), batch_size=batch_size,
+                  refine=refine)
     con = Console(stderr=True)
     if s.manifest is not None or s.failed or s.skipped:
         t = Table(title="facefit reconstruct")
@@ -205,10 +236,20 @@ def reconstruct_cmd(
         t.add_row(str(s.processed), str(s.faces), str(s.skipped), str(s.failed), f"{s.seconds:.1f}",
                   f"{s.images_per_second:.2f}")
         con.print(t)
-        for label, err in s.errors[:10]:
-            con.print(f"[yellow]skipped[/yellow] {label}: {err}", highlight=False, soft_wrap=True)
+        shown = s.errors if s.manifest is None else s.errors[:10]
+        for label, err in shown:
+            line = err if label in err else f"{label}: {err}"  # most messages name their file already
+            con.print(f"[yellow]{'left out' if fuse else 'failed'}[/yellow] {line}", highlight=False, soft_wrap=True)
+        if len(shown) < len(s.errors):
+            con.print(f"... and {len(s.errors) - len(shown)} more (see the manifest)", highlight=False)
         if s.manifest is not None:
             con.print(f"manifest: {s.manifest}", highlight=False)
+    if s.fused:
+        f = s.fused
+        con.print(f"fused {f['n_fused']} faces: each image's own shape is {f['consistency_mm_mean']:.2f} mm from the "
+                  f"fused face on average (least consistent image: {f['consistency_mm_max']:.2f} mm)"
+                  + (f"; texture from {f['texture_from']}" if f.get("texture_from") else ""), highlight=False,
+                  soft_wrap=True)
     if s.manifest is None:  # one face: list its files; a folder job has the manifest
         for p in s.outputs:
             typer.echo(str(p))
@@ -263,7 +304,7 @@ def train_cmd(
         k, v = kv.split("=", 1)
         overrides[k.strip()] = v.strip()
     cfg = training.load_config(config, {k: v for k, v in overrides.items() if v is not None})
-    summary = training.train(cfg, progress=sys.stderr.isatty())
+    summary = training.train(cfg, progress=True)  # a bar on a terminal, plain lines in logs
     typer.echo(f"run: {summary.get('run_dir')}  step {summary.get('step')}/{summary.get('total_steps')}  "
                f"stopped: {summary.get('stopped')}")
     if summary.get("exported"):

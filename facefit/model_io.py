@@ -362,6 +362,9 @@ def load_model(path_or_name: str | os.PathLike, *, region: str | None = None) ->
     if path.exists():
         kind = detect_kind(path)
         if kind == "native":
+            albedo = _albedo_only_header(path)
+            if albedo is not None:
+                return _model_with_albedo_file(path, albedo)
             return _load_native(path)
         return convert_model(kind, path, region)
     if _NAME_RE.match(text) and "/" not in text and os.sep not in text:
@@ -370,6 +373,40 @@ def load_model(path_or_name: str | os.PathLike, *, region: str | None = None) ->
             return _load_native(stored)
     raise ModelNotFoundError(
         f"no model file or stored model named '{text}' (store: {default_model_dir()}; see 'facefit model list')"
+    )
+
+
+def _albedo_only_header(path: Path) -> dict | None:
+    """The header of a colour-only file written by ``build-albedo --albedo-only``, else None."""
+    from .albedo_build import ALBEDO_FORMAT, _header_of
+
+    h = _header_of(path)
+    return h if isinstance(h, dict) and h.get("format") == ALBEDO_FORMAT else None
+
+
+def _model_with_albedo_file(path: Path, header: dict) -> MorphableModel:
+    """A colour-only file attached to the shape model it was built for.
+
+    The shape model is the default one (store default, else the shared ICT-FaceKit
+    face model) when its shape key matches the file's; anything else is refused with
+    both models named.
+    """
+    from .albedo_build import albedo_for, shape_key
+
+    candidates = []
+    default = default_model_name()
+    if default is not None and _store_path(default).is_file():
+        candidates.append(lambda: _load_native(_store_path(default)))
+    shared = find_shared_ict()
+    if shared is not None:
+        candidates.append(lambda: convert_model("ict", shared, "face"))
+    for get in candidates:
+        base = get()
+        if base.n_vertices == int(header.get("n_vertices", -1)) and shape_key(base) == header.get("shape_key"):
+            return albedo_for(base, path)
+    raise FacefitError(
+        f"{path} holds only a colour model, built for shape model '{header.get('model_name', '?')}', "
+        "which is not the default model here; rebuild it without --albedo-only to get a complete model file"
     )
 
 
@@ -471,8 +508,30 @@ def model_info(model: MorphableModel | str | os.PathLike | None) -> dict[str, An
         "symmetry": model.symmetry is not None,
         "face_size_mm": "x".join(f"{v:.0f}" for v in size),
         "content_hash": model.content_hash,
+        **_albedo_provenance(model),
         "lacks": ", ".join(lacks) if lacks else "nothing",
     }
+
+
+def _albedo_provenance(model: MorphableModel) -> dict[str, Any]:
+    """``model info`` lines for a colour model learned by ``build-albedo`` (else nothing)."""
+    prov = model.meta.get("albedo")
+    if not isinstance(prov, dict) or not prov:
+        return {}
+    out: dict[str, Any] = {}
+    if "photos" in prov:
+        rej = prov.get("rejected_by_reason") or {}
+        why = ", ".join(f"{k} {v}" for k, v in sorted(rej.items())) if rej else "none"
+        out["albedo_photos"] = f"{prov.get('used', '?')} used of {prov['photos']} (rejected: {why})"
+    if "explained_variance_total" in prov:
+        out["albedo_explained"] = f"{float(prov['explained_variance_total']):.1%} of colour variance by {prov.get('components', '?')} components"
+    settings = prov.get("settings")
+    if isinstance(settings, dict):
+        keep = ("rounds", "fit_steps", "symmetry_weight", "max_landmark_error", "min_visible", "max_photos")
+        out["albedo_settings"] = ", ".join(f"{k}={settings[k]}" for k in keep if k in settings)
+    if model.meta.get("albedo_file"):
+        out["albedo_file"] = str(model.meta["albedo_file"])
+    return out
 
 
 # --------------------------------------------------------------------------- fetch

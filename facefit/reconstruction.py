@@ -28,6 +28,9 @@ from .mesh_io import FaceMesh
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MESH_FORMATS = ("obj", "ply", "glb")
+MESH_UNITS = ("mm", "cm", "m")
+# regressor provenance in every mesh's meta and coefficient record (see checkpoint_info)
+REGRESSOR_FIELDS = ("regressor_sha256", "regressor_step", "regressor_format")
 DEFAULT_CHECKPOINT_NAME = "facefit-ict-dlib.pt"
 
 
@@ -55,8 +58,13 @@ class InputItem:
         return f"{self.path}" + (f"#frame{self.frame}" if self.frame is not None else "")
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Files below ``root``, sorted, following no symlink loops."""
+def _walk(root: Path, errors: Optional[list] = None) -> Iterator[Path]:
+    """Files below ``root``, sorted, following no symlink loops.
+
+    A folder that cannot be listed (no permission, I/O error) is reported: appended to
+    ``errors`` as ``(folder, message)`` and the walk goes on, or, without ``errors``,
+    raised as :class:`InvalidFileError`.
+    """
     seen = set()
     stack = [root]
     while stack:
@@ -70,7 +78,11 @@ def _walk(root: Path) -> Iterator[Path]:
         seen.add(real)
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
+        except OSError as e:
+            msg = f"cannot read folder {d}: {e.strerror or e}"
+            if errors is None:
+                raise InvalidFileError(msg) from None
+            errors.append((d, msg))
             continue
         subdirs = []
         for e in entries:
@@ -84,24 +96,65 @@ def _walk(root: Path) -> Iterator[Path]:
         stack.extend(reversed(subdirs))
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
-    """Expand files and folders (recursively) into (path, relative-name) pairs.
+def _unique_names(pairs: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Make output names unique: inputs whose names collide (``p00.png`` and ``p00.jpg``
+    in one folder both give ``p00``; compared case-insensitively, for case-insensitive
+    file systems) get their source extension appended (``p00_png``, ``p00_jpg``), then a
+    counter if that is still taken (``a_jpg``, ``a_jpg_2``). Names that do not collide
+    are kept. The result depends only on the whole input list, so a rerun on the same
+    inputs maps every input to the same outputs.
+    """
+    groups: dict[str, list[int]] = {}
+    for k, (_, rel) in enumerate(pairs):
+        groups.setdefault(rel.casefold(), []).append(k)
+    names = [rel for _, rel in pairs]
+    taken = {key for key, idx in groups.items() if len(idx) == 1}
+    for idx in groups.values():  # in input order: deterministic
+        if len(idx) == 1:
+            continue
+        for k in idx:
+            path, rel = pairs[k]
+            ext = path.suffix.lower().lstrip(".")
+            base = f"{rel}_{ext}" if ext else rel
+            name, n = base, 2
+            while name.casefold() in taken:
+                name, n = f"{base}_{n}", n + 1
+            taken.add(name.casefold())
+            names[k] = name
+    return [(path, name) for (path, _), name in zip(pairs, names)]
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike], errors: Optional[list] = None) -> list[tuple[Path, str]]:
+    """Expand files and folders (recursively) into (path, output-name) pairs.
 
     Folder members keep their sub-path (``sub/dir/photo``) so that outputs of photos with
-    the same file name in different folders do not collide. Only image and video suffixes
-    are taken from folders; files named explicitly are always taken.
+    the same file name in different folders do not collide; inputs that would still share
+    an output name get their extension appended (see :func:`_unique_names`). Only image
+    and video suffixes are taken from folders; files named explicitly are always taken. A
+    file named twice (or named and also found in a folder) is taken once.
+
+    Args:
+        inputs: files and folders.
+        errors: if given, folders that cannot be read are appended as ``(folder,
+            message)`` and skipped; otherwise they raise :class:`InvalidFileError`.
     """
-    out = []
+    out, seen = [], set()
+
+    def add(path: Path, rel: str):
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            out.append((path, rel))
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in _walk(p):
+            for f in _walk(p, errors):
                 if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-                    rel = f.relative_to(p).with_suffix("").as_posix()
-                    out.append((f, rel))
+                    add(f, f.relative_to(p).with_suffix("").as_posix())
         else:
-            out.append((p, p.with_suffix("").name))
-    return out
+            add(p, p.with_suffix("").name)
+    return _unique_names(out)
 
 
 def video_frames(path: Path, every_seconds: float = 0.5, max_frames: int = 64) -> list[tuple[int, np.ndarray]]:
@@ -149,10 +202,12 @@ def iter_items(pairs: Iterable[tuple[Path, str]], video_every: float = 0.5, vide
     for path, rel in pairs:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             try:
-                for idx, img in video_frames(path, video_every, video_max_frames):
-                    yield InputItem(path, rel, idx, img)
-            except FacefitError as e:
+                frames = video_frames(path, video_every, video_max_frames)
+            except Exception as e:  # noqa: BLE001 - a bad video is reported, the batch goes on
                 yield (path, rel, e)
+                continue
+            for idx, img in frames:
+                yield InputItem(path, rel, idx, img)
         else:
             yield InputItem(path, rel)
 
@@ -195,6 +250,7 @@ class Reconstruction:
             "model_name": self.mesh.meta.get("model"),
             "model_hash": self.mesh.meta.get("model_hash"),
             "regressor": self.mesh.meta.get("regressor"),
+            **{k: self.mesh.meta.get(k) for k in REGRESSOR_FIELDS},
             "facefit_version": __version__,
             "source": self.source,
             "box": None if self.box is None else np.asarray(self.box).tolist(),
@@ -222,7 +278,9 @@ def default_checkpoint() -> Path:
         if not p.is_file():
             raise ModelNotFoundError(f"FACEFIT_CHECKPOINT={env}: no such file")
         return p
-    here = Path(__file__).resolve().parents[1] / "models" / DEFAULT_CHECKPOINT_NAME
+    from .shipped import shipped_models_dir
+
+    here = shipped_models_dir() / DEFAULT_CHECKPOINT_NAME
     if here.is_file():
         return here
     from platformdirs import user_data_dir
@@ -234,6 +292,36 @@ def default_checkpoint() -> Path:
         f"no trained regressor found ({DEFAULT_CHECKPOINT_NAME} in facefit's models/ folder or {user.parent}); "
         "pass --checkpoint or train one with 'facefit train'"
     )
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict:
+    """Which regressor a checkpoint file is, for provenance records.
+
+    Returns:
+        dict: ``regressor`` (file name), ``regressor_sha256`` (first 16 hex digits of the
+        file's SHA-256), ``regressor_step`` (training step, from the checkpoint's ``meta``
+        or a training checkpoint's ``step``; None when unknown) and ``regressor_format``
+        (the checkpoint format number; None when unreadable).
+    """
+    import hashlib
+    import io
+
+    path = Path(path)
+    data = path.read_bytes()
+    info = {"regressor": path.name, "regressor_sha256": hashlib.sha256(data).hexdigest()[:16],
+            "regressor_step": None, "regressor_format": None}
+    try:
+        ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the regressor loader reports unreadable files
+        return info
+    if isinstance(ck, dict):
+        meta = ck.get("meta") if isinstance(ck.get("meta"), dict) else {}
+        step = meta.get("step", ck.get("step"))
+        if isinstance(step, (int, np.integer)) and not isinstance(step, bool) and step >= 0:
+            info["regressor_step"] = int(step)  # export_checkpoint writes -1 when unknown
+        if isinstance(ck.get("format"), int):
+            info["regressor_format"] = ck["format"]
+    return info
 
 
 # --------------------------------------------------------------------------- reconstructor
@@ -250,10 +338,12 @@ class Reconstructor:
         detector: face detector backend ("dlib", "mtcnn", "yunet").
         all_faces: reconstruct every face in a photo instead of only the main one.
         batch_size: faces per encoder batch.
+        refine: identity-refinement steps per face after the regressor (0 = the
+            regressor's prediction as is; see :mod:`facefit.refine`).
     """
 
     def __init__(self, checkpoint=None, model=None, device=None, detector: str = "dlib",
-                 all_faces: bool = False, batch_size: int = 32):
+                 all_faces: bool = False, batch_size: int = 32, refine: int = 0):
         from .model_io import resolve_model
         from .regressor import Regressor
 
@@ -272,10 +362,14 @@ class Reconstructor:
         self.regressor = Regressor.from_checkpoint(ckpt, model=model, device=self.device)
         self.regressor.eval()
         self.checkpoint = ckpt
+        self.checkpoint_info = checkpoint_info(ckpt)  # name, sha256, step, format: once
         self.encoder = self.regressor.encoder
         self.detector = detector
         self.all_faces = all_faces
         self.batch_size = int(batch_size)
+        from .refine import RefineSettings
+
+        self.refine_settings = RefineSettings(steps=int(refine))
 
     # -- stages
     def detect(self, image: np.ndarray):
@@ -306,10 +400,42 @@ class Reconstructor:
         pred = self.regressor.decode_features(features.to(self.device))
         return pred["shape_coeffs"].cpu().numpy(), pred["color_coeffs"].cpu().numpy()
 
+    def refine(self, crops: np.ndarray, shapes: np.ndarray, colors: np.ndarray,
+               fused: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """Identity refinement of predicted coefficients (no-op when ``refine`` is 0).
+
+        Args:
+            crops: (N, S, S, 3) uint8 encoder crops of the photos.
+            shapes, colors: (M, Ks), (M, Kc) predictions; M = N, or M = 1 with ``fused``
+                (the target is then the mean of the N photos' unit embeddings).
+        Returns:
+            refined shapes and colours, and per prediction a dict for ``extra["refine"]``
+            (steps, identity score of the first and the last step, seconds).
+        """
+        cfg = self.refine_settings
+        if not cfg.steps:
+            return shapes, colors, [{} for _ in range(len(shapes))]
+        from .refine import refine_identity
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            embs = []
+            for i in range(0, len(crops), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(crops[i:i + self.batch_size])).to(self.device)
+                embs.append(self.encoder.embed(x.permute(0, 3, 1, 2).float() / 255.0))
+            emb = torch.cat(embs)
+            if fused:
+                emb = torch.nn.functional.normalize(emb, dim=-1).mean(0, keepdim=True)
+        s, c, info = refine_identity(self.model, self.encoder, emb, shapes, colors, cfg)
+        dt = (time.perf_counter() - t0) / max(len(shapes), 1)
+        per = [{"steps": int(cfg.steps), "identity_before": float(info["identity_before"][k]),
+                "identity_after": float(info["identity_after"][k]), "seconds": dt} for k in range(len(shapes))]
+        return s, c, per
+
     def mesh(self, shape: np.ndarray, color: np.ndarray, meta: dict) -> FaceMesh:
         from .turntable import mesh_from_coeffs
 
-        info = {"regressor": self.checkpoint.name, **meta}
+        info = {**{k: v for k, v in self.checkpoint_info.items() if v is not None}, **meta}
         return mesh_from_coeffs(self.model, shape, color if self.model.n_color else None, meta=info)
 
     # -- whole images
@@ -334,6 +460,12 @@ def _names(item: InputItem, n_faces: int) -> list[str]:
     return [base if k == 0 else f"{base}_face{k}" for k in range(n_faces)]
 
 
+def _error_text(e: BaseException) -> str:
+    """One line for a manifest / summary: facefit's own message, else ``Type: message``."""
+    text = str(e) if isinstance(e, FacefitError) else f"{type(e).__name__}: {e}"
+    return " ".join(text.split()) or type(e).__name__
+
+
 def reconstruct(
     inputs,
     checkpoint=None,
@@ -346,6 +478,8 @@ def reconstruct(
     texture: Optional[str] = None,
     reconstructor: Optional[Reconstructor] = None,
     on_error: str = "raise",
+    errors: Optional[list] = None,
+    refine: int = 0,
 ) -> list[Reconstruction]:
     """Reconstruct faces from images, without writing anything.
 
@@ -354,14 +488,37 @@ def reconstruct(
         checkpoint, model, device, detector, all_faces: see :class:`Reconstructor`.
         fuse: treat all inputs as one person: average the encoder features of all faces
             (the main face of each image/frame) and decode ONE face; the result's ``extra``
-            reports how consistent the per-image predictions were.
+            reports how consistent the per-image predictions were (``n_fused``,
+            ``consistency_mm_mean`` / ``_max``: each image's own prediction's mean vertex
+            distance to the fused face, in mm).
         texture: None (the model's predicted colour) or "photo" (fit pose/expression to the
-            landmarks and project the photo onto the mesh; one photo per face).
+            landmarks and project the photo onto the mesh; one photo per face). With
+            ``fuse`` the texture comes from the photo whose face the detector is most
+            confident about (the first of them on a tie), named in ``extra["texture_from"]``.
         on_error: "raise" (default) or "skip" (bad inputs are left out).
+        errors: with ``on_error="skip"``, each input left out is appended here as
+            ``(label, one-line message)``.
+        refine: identity-refinement steps per face after the regressor (beyond the paper;
+            :mod:`facefit.refine`); the result's ``extra["refine"]`` has the identity score
+            before and after.
     Returns:
         list of :class:`Reconstruction` (one per face; one in all with ``fuse``).
+    Raises:
+        NoFaceError: no face in any input (also with ``on_error="skip"``).
     """
-    rec = reconstructor or Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse)
+    if texture not in (None, "model", "photo"):
+        raise FacefitError(f"unknown texture '{texture}' (use 'model' or 'photo')")
+    if on_error not in ("raise", "skip"):
+        raise FacefitError(f"on_error must be 'raise' or 'skip', not '{on_error}'")
+    skipped = errors if errors is not None else []
+
+    def left_out(label, e):
+        if on_error == "raise":
+            raise e
+        skipped.append((label, _error_text(e)))
+
+    rec = reconstructor or Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
+                                         refine=refine)
     items: list[InputItem] = []
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
@@ -373,22 +530,26 @@ def reconstruct(
             items.append(InputItem(Path(f"<array {k}>"), f"array{k}", None, as_rgb_uint8(x)))
         else:
             paths.append(x)
-    for it in iter_items(expand_inputs(paths)):
+    walk_errors = [] if on_error == "skip" else None
+    pairs = expand_inputs(paths, walk_errors)
+    for d, msg in walk_errors or []:
+        skipped.append((str(d), msg))
+    for it in iter_items(pairs):
         if isinstance(it, tuple):
-            if on_error == "raise":
-                raise it[2]
+            left_out(str(it[0]), it[2])
             continue
         items.append(it)
     if not items:
+        if skipped:
+            raise NoFaceError("no face found in any input (none could be read)")
         raise FacefitError("no images to reconstruct")
 
     found = []  # (item, image, face, crop, timing)
     for it in items:
         try:
             image, crops, timing = rec.faces_of(it)
-        except FacefitError:
-            if on_error == "raise":
-                raise
+        except Exception as e:  # noqa: BLE001 - on_error decides
+            left_out(it.label, e)
             continue
         for face, crop in crops:
             found.append((it, image, face, crop, timing))
@@ -402,6 +563,7 @@ def reconstruct(
         shapes, colors = rec.decode(feats)
         fused = feats.mean(0, keepdim=True)
         s, c = rec.decode(fused)
+        s, c, ref = rec.refine(np.stack([f[3] for f in found]), s, c, fused=True)
         verts = rec.model.decode(torch.from_numpy(shapes), None)[0]
         mean_v = rec.model.decode(torch.from_numpy(s), None)[0]
         dev = (verts - mean_v).norm(dim=-1).mean(-1).numpy()  # per-image mean vertex distance (mm)
@@ -412,14 +574,28 @@ def reconstruct(
             "consistency_mm_max": float(dev.max()),
             "shape_coeff_std": float(shapes.std(0).mean()),
         }
+        if ref[0]:
+            extra["refine"] = ref[0]
         first = found[0][0]
         mesh = rec.mesh(s[0], c[0], {"source": f"fused from {len(found)} images"})
-        return [Reconstruction(f"fused({len(found)})", first.rel + "_fused", mesh, s[0], c[0],
-                               fused[0].cpu().numpy(), timing={"encode_per_face": t_enc}, extra=extra)]
+        r = Reconstruction(f"fused({len(found)})", first.rel + "_fused", mesh, s[0], c[0],
+                           fused[0].cpu().numpy(), timing={"encode_per_face": t_enc}, extra=extra)
+        if texture == "photo":
+            from dataclasses import replace
+
+            from .texturing import texture_from_photo
+
+            best = max(range(len(found)), key=lambda k: (float(found[k][2].score), -k))
+            it, image, face = found[best][:3]
+            photo = replace(r, source=it.label, box=face.box, landmarks68=face.landmarks68, score=float(face.score))
+            r.mesh = texture_from_photo(rec.model, photo, image)
+            r.extra["texture_from"] = it.label
+        return [r]
 
     t0 = time.perf_counter()
     shapes, colors = rec.decode(feats)
     t_dec = (time.perf_counter() - t0) / len(found)
+    shapes, colors, refs = rec.refine(np.stack([f[3] for f in found]), shapes, colors)
     out = []
     per_item: dict[int, int] = {}
     for k, (it, image, face, crop, timing) in enumerate(found):
@@ -429,13 +605,13 @@ def reconstruct(
         mesh = rec.mesh(shapes[k], colors[k], {"source": it.label})
         r = Reconstruction(it.label, name, mesh, shapes[k], colors[k], feats[k].cpu().numpy(),
                            box=face.box, landmarks68=face.landmarks68, score=float(face.score),
-                           timing={**timing, "encode": t_enc, "decode": t_dec})
+                           timing={**timing, "encode": t_enc, "decode": t_dec,
+                                   **({"refine": refs[k]["seconds"]} if refs[k] else {})},
+                           extra={"refine": refs[k]} if refs[k] else {})
         if texture == "photo":
             from .texturing import texture_from_photo
 
             r.mesh = texture_from_photo(rec.model, r, image)
-        elif texture not in (None, "model"):
-            raise FacefitError(f"unknown texture '{texture}' (use 'model' or 'photo')")
         out.append(r)
     return out
 
@@ -445,7 +621,13 @@ def reconstruct(
 
 @dataclass
 class BatchSummary:
-    """What a :func:`run_batch` did."""
+    """What a :func:`run_batch` did.
+
+    ``failed`` counts inputs (and unreadable folders) that gave no output, also those
+    left out of a ``fuse``; ``errors`` lists them as (label, message). ``fused`` holds the
+    fused face's statistics (``n_fused``, ``consistency_mm_mean``, ``consistency_mm_max``,
+    ``texture_from``) with ``fuse``.
+    """
 
     processed: int = 0
     skipped: int = 0
@@ -455,20 +637,56 @@ class BatchSummary:
     outputs: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     manifest: Optional[Path] = None
+    fused: Optional[dict] = None
 
     @property
     def images_per_second(self) -> float:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
+MANIFEST_NAME = "manifest.jsonl"
+
+
 def _append_manifest(path: Path, entry: dict) -> None:
+    from .atomic import describe_os_error
+
     line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)  # one write: a line is either there or not
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write: a line is either there or not
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise FacefitError(describe_os_error(path, e)) from None
+
+
+class _Manifest:
+    """The manifest of one run: a line per input, appended (and fsync-ed) to
+    ``manifest.jsonl.partial`` as each input finishes, so that a killed run loses nothing;
+    when the run ends the partial file is renamed over ``manifest.jsonl``."""
+
+    def __init__(self, path: Path):
+        from .atomic import describe_os_error
+
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        try:  # a new run starts a new partial manifest (a killed run's is superseded)
+            os.close(os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        except OSError as e:
+            raise FacefitError(describe_os_error(self.partial, e)) from None
+
+    def add(self, entry: dict) -> None:
+        _append_manifest(self.partial, entry)
+
+    def finish(self) -> None:
+        from .atomic import describe_os_error
+
+        try:
+            os.replace(self.partial, self.path)
+        except OSError as e:
+            raise FacefitError(describe_os_error(self.path, e)) from None
 
 
 def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str], render: bool) -> dict:
@@ -482,21 +700,75 @@ def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str],
     return paths
 
 
-def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames: int = 24, model=None) -> list[Path]:
-    """Write the mesh (+ coefficients, + turntable) of one reconstruction atomically."""
+def expected_files(paths: dict, companions: bool = False) -> list[Path]:
+    """The files that the outputs ``paths`` (:func:`output_paths`) of one face make: the
+    mesh, the coefficients, the turntable's GIF, MP4 and contact sheet; with
+    ``companions`` also the ``.mtl`` and ``_texture.png`` an OBJ with a texture has beside it."""
+    from .turntable import _turntable_paths
+
+    mesh = paths["mesh"]
+    files = [mesh]
+    if companions and mesh.suffix.lower() == ".obj":
+        from .mesh_io import obj_companions
+
+        files += list(obj_companions(mesh))
+    if "coeffs" in paths:
+        files.append(paths["coeffs"])
+    if "turntable" in paths:
+        files.extend(_turntable_paths(paths["turntable"]))
+    return files
+
+
+def _file_key(p: Path):
+    """Identity of the file at ``p`` (an atomic rewrite gives a new inode), or None."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _remove_files(paths: Iterable[Path]) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames: int = 24, model=None,
+                  units: Optional[str] = None) -> list[Path]:
+    """Write the mesh (+ coefficients, + turntable) of one reconstruction.
+
+    Every file is written atomically, and the set is all or nothing: if writing one of
+    them fails (disk full, ...), the files this call already wrote are removed again and
+    the error propagates, so a face's outputs are either complete or absent.
+
+    Args:
+        units: mesh file units ("mm", "cm", "m"; None: the format's default, see
+            :func:`facefit.mesh_io.save_mesh`).
+    Returns:
+        The files written.
+    """
     from .coeffs_io import save_coeffs
     from .mesh_io import save_mesh
 
+    candidates = expected_files(paths, companions=True)
+    before = {p: _file_key(p) for p in candidates}
     written = []
-    paths["mesh"].parent.mkdir(parents=True, exist_ok=True)
-    if "coeffs" in paths:
-        written.append(save_coeffs(r.coeffs_record(), paths["coeffs"]))
-    if "turntable" in paths:
-        from .turntable import write_turntable
+    try:
+        paths["mesh"].parent.mkdir(parents=True, exist_ok=True)
+        if "coeffs" in paths:
+            written.append(save_coeffs(r.coeffs_record(), paths["coeffs"]))
+        if "turntable" in paths:
+            from .turntable import write_turntable
 
-        written.extend(write_turntable(r.mesh, paths["turntable"], frames=frames, size=render_size, model=model))
-    # the mesh last: its presence marks the face as done (for skip_existing)
-    written.extend(save_mesh(r.mesh, paths["mesh"]))
+            written.extend(write_turntable(r.mesh, paths["turntable"], frames=frames, size=render_size, model=model))
+        # the mesh last: its presence marks the face as done (for skip_existing)
+        written.extend(save_mesh(r.mesh, paths["mesh"], units=units))
+    except BaseException:
+        _remove_files(p for p in dict.fromkeys(candidates + written) if _file_key(p) != before.get(p))
+        raise
     return written
 
 
@@ -513,40 +785,73 @@ def run_batch(
     fuse: bool = False,
     all_faces: bool = False,
     texture: Optional[str] = None,
+    units: Optional[str] = None,
     skip_existing: bool = False,
     detector: str = "dlib",
     device=None,
     progress: bool = True,
     on_item: Optional[Callable[[dict], None]] = None,
     batch_size: int = 16,
+    refine: int = 0,
 ) -> BatchSummary:
     """Reconstruct inputs to files.
 
     Args:
         inputs: image files, folders (recursive) and video files.
-        out: a mesh file path (one input, one face) or an output folder. With a single
-            input and a suffix in MESH_FORMATS, ``out`` is the mesh path itself.
+        out: a mesh file path (one input giving one face, or ``fuse``) or an output folder.
+            With a suffix in MESH_FORMATS, ``out`` is the mesh path itself; a video, several
+            inputs or a photo with several faces (``all_faces``) are refused there unless
+            ``fuse``. In a folder, outputs are named after the inputs (sub-folders kept);
+            inputs that would share a name get their extension appended (``p00_png.obj``,
+            ``p00_jpg.obj``; see :func:`expand_inputs`).
         fmt: mesh format for folder output ("obj", "ply", "glb"; default obj).
         save_coeffs: None, "npz" or "json".
         render: also write a turntable (GIF, MP4, contact sheet) per face.
-        fuse: one face from all inputs (features averaged).
-        skip_existing: leave faces whose mesh already exists (resume after interruption).
+        fuse: one face from all inputs (features averaged). Inputs without a usable face
+            are left out, reported in ``errors`` / the manifest and counted as failed; if
+            none has a face, NoFaceError. With ``texture="photo"`` the texture comes from
+            the photo whose face the detector is most confident about.
+        texture: None / "model" (predicted colour) or "photo".
+        refine: identity-refinement steps per face (see :func:`reconstruct`).
+        units: mesh file units, "mm", "cm" or "m" (default: mm for OBJ/PLY, m for GLB).
+        skip_existing: leave inputs whose requested output files all exist (the mesh of
+            the main face, and its coefficients / turntable when asked for): resume after
+            an interruption, or add outputs (e.g. ``save_coeffs``) to an earlier run. Only
+            the files' presence is checked: an item done with other settings (texture,
+            units) is not redone.
         progress: show a rich progress bar.
         batch_size: faces per encoder batch (outputs are written after each batch).
     Returns:
-        :class:`BatchSummary`; a ``manifest.jsonl`` in the output folder lists every input
-        with its outputs or its error.
+        :class:`BatchSummary`. In folder mode ``manifest.jsonl`` in the output folder
+        describes THIS run, one JSON line per input (per frame for videos, per unreadable
+        folder): ``input``, ``status`` ("ok", "skipped": its outputs exist, or "error"),
+        ``outputs`` or ``error``; with ``fuse``, a line per input left out and one line
+        ``"input": "fused"``. While the run goes on, lines are appended (fsync-ed) to
+        ``manifest.jsonl.partial``, which replaces ``manifest.jsonl`` when the run ends:
+        after a crash or kill the partial file holds every input finished so far (a
+        ``skip_existing`` rerun starts a new one).
+    Raises:
+        FacefitError: bad arguments or output location; in single-file mode, the input's
+        error; NoFaceError: ``fuse`` and no face in any input.
     """
     t_start = time.perf_counter()
     out = Path(out)
-    pairs = expand_inputs(inputs)
+    walk_errors: list = []
+    pairs = expand_inputs(inputs, walk_errors)
     missing = [str(p) for p, _ in pairs if not p.exists() and not p.is_symlink()]
     if not pairs:
-        raise FacefitError("no images or videos found in the inputs")
+        raise FacefitError("no images or videos found in the inputs"
+                           + (f" ({walk_errors[0][1]})" if walk_errors else ""))
     single_file = out.suffix.lower().lstrip(".") in MESH_FORMATS
     if single_file:
+        if walk_errors and not fuse:  # (with fuse they are left out and reported, as bad photos are)
+            raise FacefitError(walk_errors[0][1])
         if len(pairs) > 1 and not fuse:
-            raise FacefitError(f"{len(pairs)} inputs need an output folder, not the file {out.name}")
+            raise FacefitError(f"{len(pairs)} inputs need an output folder, not the file {out.name} "
+                               "(or --fuse for one face from all of them)")
+        if not fuse and pairs[0][0].suffix.lower() in VIDEO_SUFFIXES:
+            raise FacefitError(f"{pairs[0][0].name} is a video, which gives one face per sampled frame: give an "
+                               f"output folder instead of the file {out.name}, or --fuse for one face from all frames")
         if missing:
             raise FacefitError(f"{missing[0]}: no such file")
         fmt = out.suffix.lower().lstrip(".")
@@ -558,6 +863,11 @@ def run_batch(
         out_dir = out
     if save_coeffs and save_coeffs not in ("npz", "json"):
         raise FacefitError(f"--save-coeffs must be npz or json, not '{save_coeffs}'")
+    if units is not None and units not in MESH_UNITS:
+        raise FacefitError(f"--units must be mm, cm or m, not '{units}'")
+    if texture not in (None, "model", "photo"):
+        raise FacefitError(f"unknown texture '{texture}' (use 'model' or 'photo')")
+    texture = None if texture == "model" else texture
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -567,28 +877,71 @@ def run_batch(
     if skip_existing:  # resuming: drop half-written files of a run that was killed
         from .atomic import remove_stale_temps
 
-        remove_stale_temps(out_dir)
+        for d in sorted({out_dir} | {(out_dir / rel).parent for _, rel in pairs}):
+            remove_stale_temps(d)
 
     rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                        batch_size=batch_size)
-    summary = BatchSummary(manifest=None if single_file else out_dir / "manifest.jsonl")
+                        batch_size=batch_size, refine=refine)
+    summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME)
+    manifest = None if single_file else _Manifest(summary.manifest)
 
     def note(entry):
-        if summary.manifest is not None:
-            _append_manifest(summary.manifest, entry)
+        if manifest is not None:
+            manifest.add(entry)
         if on_item:
             on_item(entry)
 
+    def fail(label, msg):
+        summary.failed += 1
+        summary.errors.append((label, msg))
+        note({"input": label, "status": "error", "error": msg})
+
+    for d, msg in walk_errors:
+        fail(str(d), msg)
+
     if fuse:
-        rs = reconstruct([p for p, _ in pairs], reconstructor=rec, fuse=True, on_error="skip")
+        left: list = []
+        try:
+            rs = reconstruct([p for p, _ in pairs], reconstructor=rec, fuse=True, texture=texture,
+                             on_error="skip", errors=left)
+        except NoFaceError:
+            rs = []
+        except Exception as e:  # e.g. texturing: the manifest still says what happened
+            for label, msg in left:
+                fail(label, msg)
+            if manifest is not None:
+                note({"input": "fused", "status": "error", "error": _error_text(e)})
+                manifest.finish()
+            raise
+        for label, msg in left:
+            fail(label, msg)
+        summary.seconds = time.perf_counter() - t_start
+        if not rs:
+            if manifest is not None:
+                manifest.finish()
+            shown = "; ".join(msg if label in msg else f"{label}: {msg}" for label, msg in summary.errors[:3])
+            more = f"; {len(summary.errors) - 3} more" if len(summary.errors) > 3 else ""
+            raise NoFaceError(f"--fuse: no face found in any of the {len(pairs)} inputs"
+                              + (f" ({shown}{more})" if shown else ""))
         r = rs[0]
         paths = output_paths(out_dir, out.stem if single_file else r.name, fmt, save_coeffs, render)
         if single_file:
             paths["mesh"] = out
-        written = write_outputs(r, paths, render_size, model=rec.model)
-        summary.processed, summary.faces = len(pairs), 1
+        try:
+            written = write_outputs(r, paths, render_size, model=rec.model, units=units)
+        except Exception as e:  # noqa: BLE001 - recorded, then reported
+            if manifest is None:
+                raise
+            note({"input": "fused", "status": "error", "error": _error_text(e)})
+            manifest.finish()
+            raise
+        summary.processed, summary.faces = len(r.extra["fused_from"]), 1
         summary.outputs.extend(written)
-        note({"input": "fused", "outputs": [str(p) for p in written], **{k: v for k, v in r.extra.items()}})
+        summary.fused = {k: r.extra[k] for k in ("n_fused", "consistency_mm_mean", "consistency_mm_max",
+                                                 "texture_from") if k in r.extra}
+        note({"input": "fused", "status": "ok", "faces": 1, "outputs": [str(p) for p in written], **r.extra})
+        if manifest is not None:
+            manifest.finish()
         summary.seconds = time.perf_counter() - t_start
         return summary
 
@@ -604,70 +957,81 @@ def run_batch(
         def flush():
             if not pending:
                 return
-            t0 = time.perf_counter()
-            feats = rec.encode(np.stack([p[2] for p in pending]))
-            t1 = time.perf_counter()
-            shapes, colors = rec.decode(feats)
-            t2 = time.perf_counter()
             by_item = {}
             for k, (it, face, crop, timing, image) in enumerate(pending):
                 by_item.setdefault(id(it), (it, []))[1].append((k, face, timing, image))
+            try:
+                t0 = time.perf_counter()
+                feats = rec.encode(np.stack([p[2] for p in pending]))
+                t1 = time.perf_counter()
+                shapes, colors = rec.decode(feats)
+                t2 = time.perf_counter()
+                shapes, colors, refs = rec.refine(np.stack([p[2] for p in pending]), shapes, colors)
+            except Exception as e:  # noqa: BLE001 - the batch's inputs fail, the job goes on
+                for it, _ in by_item.values():
+                    fail(it.label, _error_text(e))
+                pending.clear()
+                return
             for it, faces in by_item.values():
                 names = _names(it, len(faces))
                 written_all = []
                 try:
+                    if single_file and len(faces) > 1:
+                        raise FacefitError(
+                            f"{it.label}: {len(faces)} faces found, but -o {out.name} takes one: give an output "
+                            "folder to get all of them, or leave out --all-faces for the main face only")
                     for (k, face, timing, image), name in zip(faces, names):
                         r = Reconstruction(it.label, name, rec.mesh(shapes[k], colors[k], {"source": it.label}),
                                            shapes[k], colors[k], feats[k].cpu().numpy(), box=face.box,
                                            landmarks68=face.landmarks68, score=float(face.score),
                                            timing={**timing, "encode": (t1 - t0) / len(pending),
-                                                   "decode": (t2 - t1) / len(pending)})
+                                                   "decode": (t2 - t1) / len(pending),
+                                                   **({"refine": refs[k]["seconds"]} if refs[k] else {})},
+                                           extra={"refine": refs[k]} if refs[k] else {})
                         if texture == "photo":
                             from .texturing import texture_from_photo
 
                             r.mesh = texture_from_photo(rec.model, r, image)
                         if single_file:  # outputs named after -o, e.g. face.obj, face.json
-                            stem = out.stem if len(faces) == 1 else f"{out.stem}_{name.rsplit('_', 1)[-1]}"
-                            paths = output_paths(out_dir, stem, fmt, save_coeffs, render)
-                            if stem == out.stem:
-                                paths["mesh"] = out
+                            paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render)
+                            paths["mesh"] = out
                         else:
                             paths = output_paths(out_dir, name, fmt, save_coeffs, render)
                         tw = time.perf_counter()
-                        written = write_outputs(r, paths, render_size, model=rec.model)
+                        written = write_outputs(r, paths, render_size, model=rec.model, units=units)
                         r.timing["write"] = time.perf_counter() - tw
                         written_all.extend(written)
-                    summary.processed += 1
-                    summary.faces += len(faces)
-                    summary.outputs.extend(written_all)
-                    note({"input": it.label, "status": "ok", "faces": len(faces),
-                          "outputs": [str(p) for p in written_all], "timing": r.timing})
-                except FacefitError as e:
-                    summary.failed += 1
-                    summary.errors.append((it.label, str(e)))
-                    note({"input": it.label, "status": "error", "error": str(e)})
+                except Exception as e:  # noqa: BLE001 - one bad item never stops the batch
+                    _remove_files(written_all)  # its other faces: the item is complete or absent
+                    fail(it.label, _error_text(e))
+                    continue
+                except BaseException:
+                    _remove_files(written_all)
+                    raise
+                summary.processed += 1
+                summary.faces += len(faces)
+                summary.outputs.extend(written_all)
+                note({"input": it.label, "status": "ok", "faces": len(faces),
+                      "outputs": [str(p) for p in written_all], "timing": r.timing})
             pending.clear()
 
         for it in items:
             if isinstance(it, tuple):
-                summary.failed += 1
-                summary.errors.append((str(it[0]), str(it[2])))
-                note({"input": str(it[0]), "status": "error", "error": str(it[2])})
+                fail(str(it[0]), _error_text(it[2]))
                 bar.advance(task)
                 continue
             if skip_existing and not single_file:
-                first = output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render)["mesh"]
-                if first.exists():
+                paths = output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render)
+                if all(p.exists() for p in expected_files(paths)):
+                    done = [p for p in expected_files(paths, companions=True) if p.exists()]
                     summary.skipped += 1
-                    note({"input": it.label, "status": "skipped", "outputs": [str(first)]})
+                    note({"input": it.label, "status": "skipped", "outputs": [str(p) for p in done]})
                     bar.advance(task)
                     continue
             try:
                 image, crops, timing = rec.faces_of(it)
-            except FacefitError as e:
-                summary.failed += 1
-                summary.errors.append((it.label, str(e)))
-                note({"input": it.label, "status": "error", "error": str(e)})
+            except Exception as e:  # noqa: BLE001 - recorded, the batch goes on
+                fail(it.label, _error_text(e))
                 bar.advance(task)
                 continue
             for face, crop in crops:
@@ -678,6 +1042,8 @@ def run_batch(
             el = time.perf_counter() - t_start
             bar.update(task, rate=f"{(summary.processed + len(pending)) / max(el, 1e-9):.1f} img/s")
         flush()
+    if manifest is not None:
+        manifest.finish()
     summary.seconds = time.perf_counter() - t_start
     if single_file and summary.failed:
         raise FacefitError(summary.errors[0][1])

@@ -289,9 +289,44 @@ def test_build_albedo_on_a_few_real_photos(tmp_path):
     assert prov["photos"] == 7 and prov["rejected_by_reason"].get("unreadable") == 1
     assert prov["used"] >= 4
     assert out.is_file() and (tmp_path / "report.png").stat().st_size > 10_000
-    again = shipped_albedo_for(model.with_color_model(model.mean_color, None, None, "none"), tmp_path)
+    # the output is a normal facefit model: loadable by path, provenance in `model info`
+    from facefit.model_io import load_model, model_info
+
+    loaded = load_model(out)
+    assert loaded.n_color == 3 and loaded.n_shape == model.n_shape and loaded.content_hash == res.content_hash
+    info = model_info(loaded)
+    assert info["albedo_photos"].startswith(f"{prov['used']} used of 7") and "unreadable 1" in info["albedo_photos"]
+    assert "components" in info["albedo_explained"]
+    # the colour-only file (what models/albedo ships) is found for the bare shape model
+    small = tmp_path / "small"
+    save_albedo_file(small / "alb.npz", res, prov)
+    again = shipped_albedo_for(model.with_color_model(model.mean_color, None, None, "none"), small)
     assert again is not None and again.n_color == 3
     face_cols = res.mean_color[res.face_mask]
     assert 0.2 < float(face_cols.mean()) < 0.8
     with pytest.raises(FacefitError):
         build_albedo(tmp_path / "nothing-here", model, None, progress=False)
+
+
+def test_colour_only_file_loads_onto_its_shape_model(tmp_path, monkeypatch):
+    """`--model models/albedo/ict-face-albedo.npz` means the default ICT model with that albedo."""
+    from facefit.albedo_build import ALBEDO_DIR
+    from facefit.model_io import load_model, resolve_model
+
+    monkeypatch.setenv("FACEFIT_MODEL_DIR", str(tmp_path / "store"))  # no store default: shared ICT
+    monkeypatch.delenv("FACEFIT_MODEL", raising=False)
+    shipped = sorted(ALBEDO_DIR.glob("*.npz"))[0]
+    m = load_model(shipped)
+    assert m.n_color == 30 and m.content_hash == resolve_model(None).content_hash
+    # a colour file for another shape model is refused, naming it
+    other = tmp_path / "other.npz"
+    with np.load(shipped, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    import json
+
+    h = json.loads(str(arrays["header"][()]))
+    h.update(shape_key="0" * 16, model_name="someone-elses-model")
+    arrays["header"] = np.array(json.dumps(h))
+    np.savez(other, **arrays)
+    with pytest.raises(FacefitError, match="someone-elses-model"):
+        load_model(other)

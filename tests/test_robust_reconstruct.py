@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from facefit.cli import main
+from facefit.errors import FacefitError
 from facefit.mesh_io import load_mesh
 
 from conftest import DEV, REPO
@@ -39,9 +40,10 @@ def test_sigkill_midway_then_skip_existing(untrained_checkpoint, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     manifest = out / "manifest.jsonl"
+    partial = out / "manifest.jsonl.partial"  # the lines of a run in progress
     deadline = time.time() + 240
     while time.time() < deadline:
-        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
+        if partial.exists() and len(partial.read_text().splitlines()) >= 3:
             break
         if proc.poll() is not None:
             break
@@ -52,17 +54,29 @@ def test_sigkill_midway_then_skip_existing(untrained_checkpoint, tmp_path):
     assert 0 < done_first < len(photos), "the kill should land midway"
     for m in out.glob("*.obj"):  # nothing truncated
         assert load_mesh(m).vertices.shape[0] > 1000
+    # the killed run's manifest lines survived (each line is one fsync-ed write)
+    assert not manifest.exists()
+    killed_ok = {os.path.basename(e["input"]) for e in map(json.loads, partial.read_text().splitlines())
+                 if e["status"] == "ok"}
+    done = {m.stem + ".jpg" for m in out.glob("*.obj")}
+    assert killed_ok and killed_ok <= done
+    mtimes = {m.name: m.stat().st_mtime_ns for m in out.glob("*.obj")}
     (out / ".p09.obj.killed_1.tmp.obj").write_text("v 0 0 0\n")  # as a kill during a write leaves
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     meshes = sorted(p.name for p in out.glob("*.obj"))
     assert meshes == [f"p{k:02d}.obj" for k in range(len(photos))]
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert not partial.exists()
     entries = [json.loads(l) for l in manifest.read_text().splitlines()]
+    assert len(entries) == len(photos)  # the manifest describes the rerun: one line per input
     ok = [os.path.basename(e["input"]) for e in entries if e["status"] == "ok"]
-    assert sorted(ok) == sorted(set(ok)) and len(ok) == len(photos)  # each processed exactly once
-    skipped = [e for e in entries if e["status"] == "skipped"]
-    assert len(skipped) == done_first
+    skipped = [os.path.basename(e["input"]) for e in entries if e["status"] == "skipped"]
+    # each photo processed exactly once: the rerun skipped all the killed run finished (their
+    # meshes untouched) and processed exactly the others
+    assert set(skipped) == done and len(skipped) == done_first
+    assert sorted(ok + skipped) == [f"p{k:02d}.jpg" for k in range(len(photos))]
+    assert {n: (out / n).stat().st_mtime_ns for n in mtimes} == mtimes
 
 
 def _bad_corpus(d):
@@ -162,3 +176,103 @@ def test_read_only_output_folder(untrained_checkpoint, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert rc == 1 and "space" in err and "Traceback" not in err
     assert not target.exists() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def _disk_full_for(monkeypatch, names):
+    """The disk fills up when the files called ``names`` are committed (other writes work)."""
+    import errno
+
+    import facefit.atomic as atomic
+
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if os.path.basename(dst) in names:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+
+
+def test_failed_write_leaves_no_partial_item(untrained_checkpoint, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    a, b = _photos(2)
+    shutil.copy(a, src / "p00.jpg")
+    shutil.copy(b, src / "p01.jpg")
+    arr = np.asarray(Image.open(a).convert("RGB"))
+    Image.fromarray(np.concatenate([arr, arr], axis=1)).save(src / "two_faces.png")
+    out = tmp_path / "out"
+    # the mesh (written last) fails: the coefficients, turntable and texture written before it go too;
+    # for a photo with two faces, the second face failing takes the first face's files with it
+    _disk_full_for(monkeypatch, {"p01.obj", "two_faces_face1.obj"})
+    rc = main(["reconstruct", str(src), "-o", str(out), "--checkpoint", str(untrained_checkpoint), "--all-faces",
+               "--save-coeffs", "json", "--render", "--render-size", "32"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    got = {os.path.basename(e["input"]): e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert got["p00.jpg"]["status"] == "ok"
+    for name in ("p01.jpg", "two_faces.png"):
+        assert got[name]["status"] == "error" and "no space left" in got[name]["error"], got[name]
+    left = sorted(p.name for p in out.iterdir())
+    assert not [n for n in left if n.startswith(("p01", "two_faces"))], left
+    assert not [n for n in left if ".tmp" in n]
+    for suffix in (".obj", ".json", "_turntable.gif", "_turntable.mp4", "_turntable_views.png"):
+        assert (out / f"p00{suffix}").stat().st_size > 0  # the good item is complete
+    assert all(os.path.isfile(p) for p in got["p00.jpg"]["outputs"])
+
+
+def test_unreadable_subfolder_is_reported(untrained_checkpoint, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in"
+    (src / "locked").mkdir(parents=True)
+    (src / "open").mkdir()
+    shutil.copy(_photos(1)[0], src / "open" / "a.jpg")
+    shutil.copy(_photos(1)[0], src / "locked" / "b.jpg")
+    real = os.scandir
+
+    def scandir(path="."):  # tests run as root, where chmod cannot take read access away
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "out"
+    rc = main(["reconstruct", str(src), "-o", str(out), "--checkpoint", str(untrained_checkpoint)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    entries = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(os.path.basename(e["input"]), e["status"]) for e in entries] == [("locked", "error"), ("a.jpg", "ok")]
+    assert "cannot read folder" in entries[0]["error"] and "Permission denied" in entries[0]["error"]
+    assert "cannot read folder" in err  # shown in the summary, counted as failed
+    from facefit.reconstruction import expand_inputs, run_batch
+
+    errors = []
+    assert [rel for _, rel in expand_inputs([src], errors)] == ["open/a"] and len(errors) == 1
+    with pytest.raises(FacefitError, match="cannot read folder"):
+        expand_inputs([src])  # without an error list: raised
+    s = run_batch([src], tmp_path / "out2", checkpoint=untrained_checkpoint, progress=False)
+    assert (s.processed, s.failed) == (1, 1)
+
+
+def test_unexpected_error_in_one_item_does_not_stop_the_batch(untrained_checkpoint, tmp_path, capsys, monkeypatch):
+    import facefit.texturing as texturing
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k, p in enumerate(_photos(3)):
+        shutil.copy(p, src / f"p{k}.jpg")
+
+    def texture(model, recon, image, **kw):
+        if recon.source.endswith("p1.jpg"):
+            raise ValueError("index 70 is out of bounds\nfor axis 0")
+        return recon.mesh
+
+    monkeypatch.setattr(texturing, "texture_from_photo", texture)
+    out = tmp_path / "out"
+    rc = main(["reconstruct", str(src), "-o", str(out), "--checkpoint", str(untrained_checkpoint), "--texture", "photo"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    got = {os.path.basename(e["input"]): e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert [got[f"p{k}.jpg"]["status"] for k in range(3)] == ["ok", "error", "ok"]
+    assert got["p1.jpg"]["error"] == "ValueError: index 70 is out of bounds for axis 0"
+    assert sorted(p.name for p in out.glob("*.obj")) == ["p0.obj", "p2.obj"]
