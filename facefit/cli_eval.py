@@ -62,7 +62,16 @@ def _reconstructor(checkpoint: Optional[Path], model: Optional[str], device: Opt
 
 
 def _echo_outputs(out: Path, paths) -> None:
-    for p in list(paths) + sorted(out.glob("*.png")):
+    """Print the report's files: report.md, results.json and the figures report.md shows
+    (not other PNGs an earlier run left in the folder)."""
+    import re
+
+    figures = []
+    for p in paths:
+        if Path(p).suffix == ".md":
+            text = Path(p).read_text(encoding="utf-8", errors="replace")
+            figures += [out / m for m in re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", text)]
+    for p in list(paths) + list(dict.fromkeys(figures)):
         typer.echo(str(p))
 
 

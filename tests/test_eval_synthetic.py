@@ -50,11 +50,15 @@ def test_synthetic_cli_run(tmp_path, checkpoint):
     root.add_typer(eval_app, name="eval")
     root.callback()(lambda: None)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "left-by-an-earlier-run.png").write_bytes(b"old")
     res = CliRunner().invoke(root, ["eval", "synthetic", "--n", "3", "--seed", "1", "--fit-steps", "20",
                                     "--size", "224", "--checkpoint", str(checkpoint), "-o", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     for name in ("report.md", "results.json", "errors.png", "error_vs_yaw.png", "examples.png"):
         assert (out / name).is_file(), name
+        assert str(out / name) in res.output  # the files of this report are listed ...
+    assert "left-by-an-earlier-run.png" not in res.output  # ... and only those
     r = json.loads((out / "results.json").read_text())
     assert r["n_faces"] == 3 and len(r["faces"]) == 3
     assert list(r["summary"]) == ["facefit", "landmark fit", "mean face"]
@@ -197,3 +201,24 @@ def test_synthetic_report_disk_full_at_any_point_leaves_nothing(tmp_path, monkey
         else:  # a failed directory fsync is best effort: then everything is there
             assert sorted(p.name for p in out.iterdir()) == names, k
     assert failed >= 4  # every file's own fsync failing was caught
+
+
+def test_staging_folders_left_by_a_killed_run_are_removed(tmp_path):
+    import os
+    import time
+
+    from facefit.evaluation.report import Report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / ".report.killed.tmp"
+    old.mkdir()
+    (old / "report.md").write_text("half")
+    hour_ago = time.time() - 7200
+    os.utime(old, (hour_ago, hour_ago))
+    fresh = out / ".report.another-process.tmp"  # a report being written right now
+    fresh.mkdir()
+    with Report("t", out) as rep:
+        rep.write({"ok": True})
+    assert not old.exists() and fresh.is_dir()
+    assert (out / "report.md").is_file()

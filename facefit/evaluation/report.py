@@ -220,6 +220,18 @@ class Report:
             raise FacefitError(f"cannot create the report folder {self.out_dir}: {_os_reason(exc, self.out_dir)}") from None
         self._stage: Optional[Path] = None
         self._names: list[str] = []
+        self._remove_stale_staging()
+
+    def _remove_stale_staging(self, older_than_s: float = 3600.0) -> None:
+        """Remove staging folders that a killed run left in ``out_dir`` (an hour old or more,
+        so that a report being written by another process at the same time is left alone)."""
+        import time
+
+        now = time.time()
+        for d in self.out_dir.glob(".report.*.tmp"):
+            with contextlib.suppress(OSError):
+                if d.is_dir() and not d.is_symlink() and now - d.stat().st_mtime >= older_than_s:
+                    shutil.rmtree(d)
 
     def __enter__(self) -> "Report":
         return self
