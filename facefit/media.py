@@ -313,14 +313,23 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
+#: OpenCV codecs tried in order: VP9 (plays in web browsers; in the opencv-python wheels'
+#: FFmpeg), then MPEG-4 part 2 (always there, but most browsers will not play it).
+MP4_CODECS = ("vp09", "mp4v")
+
+
 def _mp4_opencv(arrays: list[np.ndarray], tmp: Path, fps: float) -> bool:
-    """Encode with OpenCV's 'mp4v' (MPEG-4 part 2); True if a readable file resulted."""
+    """Encode with OpenCV, trying :data:`MP4_CODECS` in order; True once a readable file resulted."""
+    return any(_mp4_opencv_codec(arrays, tmp, fps, codec) for codec in MP4_CODECS)
+
+
+def _mp4_opencv_codec(arrays: list[np.ndarray], tmp: Path, fps: float, codec: str) -> bool:
     try:
         import cv2
     except ImportError:
         return False
     h, w = arrays[0].shape[:2]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
     try:
         if not writer.isOpened():
             return False
@@ -352,9 +361,10 @@ def _mp4_imageio(arrays: list[np.ndarray], tmp: Path, fps: float) -> bool:
 def write_mp4(frames: Any, path: str | os.PathLike, fps: float = 30.0) -> Path:
     """Write an MP4 video, atomically.
 
-    Encoded with OpenCV's ``cv2.VideoWriter`` and the 'mp4v' codec (MPEG-4 part 2,
-    always available in opencv-python wheels) and checked by reading the first frame
-    back; if that fails, imageio's ffmpeg plugin is tried. Odd frame sizes are padded
+    Encoded with OpenCV's ``cv2.VideoWriter``, VP9 first (browsers play it) and the 'mp4v'
+    codec (MPEG-4 part 2, always available in opencv-python wheels) if VP9 is missing,
+    each checked by reading the first frame back; if both fail, imageio's ffmpeg plugin
+    is tried. Odd frame sizes are padded
     by one replicated row/column to even sizes (required by most codecs/players).
 
     Args:
@@ -372,7 +382,7 @@ def write_mp4(frames: Any, path: str | os.PathLike, fps: float = 30.0) -> Path:
     with atomic_output_path(path) as tmp:
         if not (_mp4_opencv(arrays, tmp, fps) or _mp4_imageio(arrays, tmp, fps)):
             raise FacefitError(
-                f"cannot write {path}: no working MP4 encoder (OpenCV 'mp4v' failed and "
+                f"cannot write {path}: no working MP4 encoder (OpenCV's VP9 and 'mp4v' failed and "
                 "imageio-ffmpeg is not available); write a GIF instead or install imageio-ffmpeg"
             )
     return path

@@ -188,6 +188,19 @@ def test_mp4_frame_count_and_size(tmp_path):
     assert _files(tmp_path) == ["turn.mp4"]
 
 
+def test_mp4_is_vp9_when_opencv_has_it_else_mp4v(tmp_path, monkeypatch):
+    """Browsers play VP9 in MP4, not MPEG-4 part 2: VP9 first, mp4v as the fallback."""
+    write_mp4(_frames(n=4), tmp_path / "a.mp4", fps=10)
+    cap = cv2.VideoCapture(str(tmp_path / "a.mp4"))
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace")
+    cap.release()
+    assert fourcc.lower() in ("vp09", "vp90"), fourcc  # the opencv-python wheels have VP9
+    real = media._mp4_opencv_codec
+    monkeypatch.setattr(media, "_mp4_opencv_codec", lambda a, t, f, c: c != "vp09" and real(a, t, f, c))
+    write_mp4(_frames(n=4), tmp_path / "b.mp4", fps=10)
+    assert len(_read_video(tmp_path / "b.mp4")) == 4
+
+
 def test_mp4_odd_size_is_padded_to_even(tmp_path):
     write_mp4(_frames(h=35, w=47, n=3), tmp_path / "odd.mp4", fps=10)
     decoded = _read_video(tmp_path / "odd.mp4")
