@@ -134,6 +134,7 @@ def refine_identity(
             c = c_all[a:b].clone().requires_grad_(True)
             opt = torch.optim.Adam([s, c], lr=float(cfg.lr))
             m = b - a
+            frozen = torch.zeros(m, dtype=torch.bool, device=dev)  # faces whose update went non-finite
             for step in range(int(cfg.steps)):
                 # the views of face i at step k depend on (seed, i, k) only, not on the batching
                 params, bgs = [], []
@@ -151,10 +152,22 @@ def refine_identity(
                 loss = (1.0 - cos).sum() + float(cfg.prior) * (s.pow(2).mean(1) + c.pow(2).mean(1)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                keep_s, keep_c = s.detach().clone(), c.detach().clone()
                 opt.step()
+                with torch.no_grad():
+                    # a face whose step went non-finite (a degenerate render) keeps its last
+                    # good coefficients and takes no further steps
+                    bad = frozen | ~torch.isfinite(s).all(1) | ~torch.isfinite(c).all(1)
+                    bad |= ~torch.isfinite(cos.detach())
+                    if bad.any():
+                        s[bad] = keep_s[bad]
+                        c[bad] = keep_c[bad]
+                        frozen |= bad
+                cos_np = cos.detach().cpu().numpy()
                 if step == 0:
-                    before[a:b] = cos.detach().cpu().numpy()
-                after[a:b] = cos.detach().cpu().numpy()
+                    before[a:b] = cos_np
+                ok = np.isfinite(cos_np)
+                after[a:b][ok] = cos_np[ok]
             s_out[a:b] = s.detach()
             c_out[a:b] = c.detach()
             if on_step is not None:

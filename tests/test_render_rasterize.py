@@ -231,6 +231,32 @@ def test_silhouette_extension():
     assert (fr.dist[0][fr.mask[0]] == 0).all()
 
 
+def test_sliver_triangles_do_not_extend_with_exploding_barycentrics():
+    """An edge-on sliver covering a pixel centre must not extrapolate to the next pixel:
+    just outside it, perspective barycentrics are huge or infinite (a NaN pixel, seen in
+    renders of real faces). Its neighbours stay background; a normal triangle still extends."""
+    from facefit.render.rasterize import MAX_EXTENDED_BARY
+
+    H = W = 32
+    eps = 0.002
+    screen = torch.tensor([[
+        # a sliver 6 px long and 0.006 px high over the centre (20.5, 10.5), edge-on in depth
+        [17.5, 10.5 - eps, 900.0], [23.5, 10.5 - eps, 1000.0], [20.5, 10.5 + 2 * eps, 950.0],
+        # a normal triangle elsewhere
+        [4.0, 20.0, 500.0], [12.0, 20.0, 500.0], [4.0, 28.0, 500.0],
+    ]], dtype=torch.float64)
+    faces = torch.tensor([[0, 2, 1], [3, 5, 4]])
+    for cull in (False, True):
+        fr = rasterize(screen, faces, (H, W), extend_outside=True, cull_backfaces=cull)
+        assert torch.isfinite(fr.pix_bary).all() and torch.isfinite(fr.depth).all()
+        if not cull or fr.mask[0, 10, 20]:
+            ext = fr.extended[0]
+            assert not ext[9:12, 19:22].any()  # the sliver's neighbours stay background
+        assert fr.pix_bary.abs().max() <= MAX_EXTENDED_BARY + 1e-9
+    fr = rasterize(screen, faces, (H, W), extend_outside=True, cull_backfaces=False)
+    assert fr.mask[0, 10, 20] and fr.extended[0, 19:29, 3:13].any()  # the sliver is drawn; the other extends
+
+
 def test_bary_depth_gradcheck():
     g = torch.Generator().manual_seed(0)
     H, W = 9, 11

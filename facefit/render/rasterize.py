@@ -374,6 +374,10 @@ def _pixel_centres(pix: torch.Tensor, H: int, W: int, dtype):
     return b, col.to(dtype) + 0.5, row.to(dtype) + 0.5
 
 
+#: Largest |barycentric| an extended (just outside its triangle) pixel may have.
+MAX_EXTENDED_BARY = 8.0
+
+
 @torch.no_grad()
 def _extend_silhouette(
     screen_verts: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor
@@ -401,12 +405,21 @@ def _extend_silhouette(
         device=face_ids.device,
     )
     cands = padded[centre.unsqueeze(1) + offs]  # (M, 8)
-    u, v, _ = _gather_corners(screen_verts, faces, b.unsqueeze(1).expand_as(cands), cands.clamp_min(0))
+    u, v, z = _gather_corners(screen_verts, faces, b.unsqueeze(1).expand_as(cands), cands.clamp_min(0))
     pu8, pv8 = pu.unsqueeze(1).expand_as(cands), pv.unsqueeze(1).expand_as(cands)
     e0, e1, e2, a2 = _edge_functions(u, v, pu8, pv8)
     d = _outside_distance(u, v, e0, e1, e2, a2, pu8, pv8)
-    d = torch.where((cands >= 0) & torch.isfinite(d), d, torch.full_like(d, float("inf")))
-    chosen = cands.gather(1, d.argmin(1, keepdim=True)).squeeze(1)
+    # A sliver (an edge-on triangle a fraction of a pixel wide) extrapolates to huge, even
+    # infinite, perspective barycentrics just outside it: only triangles whose extrapolated
+    # barycentrics stay moderate (and whose perspective depth stays positive) may extend.
+    w0, w1, w2 = e0 / (a2 * z[0]), e1 / (a2 * z[1]), e2 / (a2 * z[2])
+    den = w0 + w1 + w2
+    big = torch.maximum(torch.maximum(w0.abs(), w1.abs()), w2.abs())
+    sane = torch.isfinite(den) & (den > 0) & (big <= MAX_EXTENDED_BARY * den)
+    d = torch.where((cands >= 0) & torch.isfinite(d) & sane, d, torch.full_like(d, float("inf")))
+    best = d.argmin(1, keepdim=True)
+    chosen = cands.gather(1, best).squeeze(1)
+    chosen = torch.where(torch.isfinite(d.gather(1, best).squeeze(1)), chosen, torch.full_like(chosen, -1))
     out = face_ids.reshape(-1).clone()
     out[cand_pix] = chosen
     return out.view(B, H, W)
