@@ -61,8 +61,8 @@ def _console():
 @model_app.command("import")
 def model_import(
     kind: str = typer.Argument(..., help="Source format: ict, bfm2017, bfm2009 or flame."),
-    path: Path = typer.Argument(..., help="The model file, ZIP or folder as downloaded."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Where to write the facefit .npz (default: the model store)."),
+    path: Path = typer.Argument(..., readable=False, help="The model file, ZIP or folder as downloaded."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", readable=False, help="Where to write the facefit .npz (default: the model store)."),
     region: str = typer.Option("face", help="ICT-FaceKit only: 'face' (face area) or 'head' (full head)."),
     name: Optional[str] = typer.Option(None, help="Name to store the model under."),
     default: bool = typer.Option(False, "--default", help="Make it the default model."),
@@ -113,8 +113,8 @@ def model_fetch(
 
 @model_app.command("build-albedo")
 def model_build_albedo(
-    photos: Path = typer.Option(..., "--photos", help="Folder of face photos (searched recursively), one main face each."),
-    out: Path = typer.Option(..., "-o", "--out", help="Where to write the result (.npz): a complete facefit model (the shape model + the new colour model) for --model, or with --albedo-only just the colour model."),
+    photos: Path = typer.Option(..., "--photos", readable=False, help="Folder of face photos (searched recursively), one main face each."),
+    out: Path = typer.Option(..., "-o", "--out", readable=False, help="Where to write the result (.npz): a complete facefit model (the shape model + the new colour model) for --model, or with --albedo-only just the colour model."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model (default: the default model)."),
     components: int = typer.Option(30, "--components", min=1, help="Colour components to keep (at most)."),
     variance: Optional[float] = typer.Option(None, "--variance", help="Keep the fewest components explaining this share (e.g. 0.9)."),
@@ -148,8 +148,8 @@ def model_build_albedo(
 
 @app.command("render")
 def render_cmd(
-    source: Optional[Path] = typer.Argument(None, help="A mesh (.obj/.ply/.glb) or coefficients (.npz/.json) to render."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output image (.png) or, with --turntable, a path prefix or a .gif/.mp4."),
+    source: Optional[Path] = typer.Argument(None, readable=False, help="A mesh (.obj/.ply/.glb) or coefficients (.npz/.json) to render."),
+    out: Path = typer.Option(..., "-o", "--out", readable=False, help="Output image (.png) or, with --turntable, a path prefix or a .gif/.mp4."),
     random: bool = typer.Option(False, "--random", help="Render a random face from the default model instead of SOURCE."),
     turntable: bool = typer.Option(False, "--turntable", help="Write an animated GIF, an MP4 and a PNG contact sheet."),
     frames: int = typer.Option(36, min=2, max=720, help="Frames in the turntable."),
@@ -178,8 +178,8 @@ def render_cmd(
 
 @app.command("reconstruct")
 def reconstruct_cmd(
-    inputs: List[Path] = typer.Argument(..., help="Photos, folders (searched recursively) or videos."),
-    out: Path = typer.Option(..., "-o", "--out", help="A mesh file (.obj/.ply/.glb) for one input, else an output folder."),
+    inputs: List[Path] = typer.Argument(..., readable=False, help="Photos, folders (searched recursively) or videos."),
+    out: Path = typer.Option(..., "-o", "--out", readable=False, help="A mesh file (.obj/.ply/.glb) for one input, else an output folder."),
     fmt: str = typer.Option("obj", "--format", help="Mesh format in folder mode: obj, ply or glb."),
     save_coeffs: Optional[str] = typer.Option(None, "--save-coeffs", help="Also write coefficients: npz or json."),
     render: bool = typer.Option(False, "--render", help="Also write a turntable (GIF, MP4, contact sheet) per face."),
@@ -196,7 +196,7 @@ def reconstruct_cmd(
                                "(about 0.1-0.2 s per step on a CPU; 40 is a good value; 0 = off)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose requested outputs all exist (continue "
                                        "an interrupted run, or add --save-coeffs/--render outputs to an earlier one)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", readable=False, help="Regressor checkpoint (default: the shipped one)."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
@@ -264,9 +264,9 @@ def reconstruct_cmd(
 
 @app.command("train", context_settings={"help_option_names": ["--help", "-h"]})
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config (see configs/train_default.toml)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder tree of real photos for stage 2."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (checkpoints, logs, plots)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", readable=False, help="TOML config (see configs/train_default.toml)."),
+    data: Optional[Path] = typer.Option(None, "--data", readable=False, help="Folder tree of real photos for stage 2."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", readable=False, help="Run directory (checkpoints, logs, plots)."),
     stage: Optional[str] = typer.Option(None, "--stage", help="'1' (synthetic), '2' (mixed) or 'both'."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at this global step."),
@@ -278,8 +278,8 @@ def train_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     setting: List[str] = typer.Option([], "--set", help="Any config setting, KEY=VALUE (repeatable)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Only plot the loss curves of this run directory and exit."),
-    export: Optional[Path] = typer.Option(None, "--export", help="After training, also write the small shipping checkpoint here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", readable=False, help="Only plot the loss curves of this run directory and exit."),
+    export: Optional[Path] = typer.Option(None, "--export", readable=False, help="After training, also write the small shipping checkpoint here."),
 ):
     """Train the regressor with the paper's two-stage unsupervised method."""
     from . import training

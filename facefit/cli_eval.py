@@ -80,15 +80,15 @@ def _echo_outputs(out: Path, paths) -> None:
 
 @eval_app.command("micc")
 def micc_cmd(
-    data_dir: Path = typer.Argument(..., help="MICC Florence folder (subject_XX/Model/..., subject_XX/Video/...) or the simple layout of docs/evaluation.md."),
-    out: Path = typer.Option(Path("facefit-eval-micc"), "-o", "--out", help="Output folder for the report."),
+    data_dir: Path = typer.Argument(..., readable=False, help="MICC Florence folder (subject_XX/Model/..., subject_XX/Video/...) or the simple layout of docs/evaluation.md."),
+    out: Path = typer.Option(Path("facefit-eval-micc"), "-o", "--out", readable=False, help="Output folder for the report."),
     conditions: str = typer.Option("cooperative,indoor,outdoor", help="Comma-separated videos to use: cooperative, indoor, outdoor."),
     frame_step: int = typer.Option(1, min=1, help="Use every n-th frame (1 = all frames, the paper's protocol)."),
     max_frames: int = typer.Option(0, min=0, help="At most this many frames per video (0 = no limit)."),
     radius: float = typer.Option(95.0, min=1.0, help="Crop radius of the scan around its nose tip, mm."),
     scan_units: str = typer.Option("auto", help="Units of the scans: auto (guessed from their size), mm, cm or m."),
     subject: Optional[List[str]] = typer.Option(None, "--subject", help="Only this subject folder (repeatable)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", readable=False, help="Regressor checkpoint (default: the shipped one)."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
@@ -129,14 +129,14 @@ def micc_cmd(
 
 @eval_app.command("synthetic")
 def synthetic_cmd(
-    out: Path = typer.Option(Path("facefit-eval-synthetic"), "-o", "--out", help="Output folder for the report."),
+    out: Path = typer.Option(Path("facefit-eval-synthetic"), "-o", "--out", readable=False, help="Output folder for the report."),
     n: int = typer.Option(50, "--n", min=1, help="Number of synthetic faces."),
     seed: int = typer.Option(0, help="Random seed (same seed, same faces)."),
     expression: bool = typer.Option(False, "--expression/--no-expression", help="Render the faces with random expressions (the ground truth stays neutral)."),
     size: int = typer.Option(256, min=96, max=1024, help="Render size in pixels."),
     radius: float = typer.Option(95.0, min=1.0, help="Crop radius of the ground truth around its nose tip, mm."),
     fit_steps: int = typer.Option(200, min=0, help="Optimisation steps of the landmark-fit baseline (0 = skip it)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Regressor checkpoint (default: the shipped one)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", readable=False, help="Regressor checkpoint (default: the shipped one)."),
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
@@ -209,8 +209,8 @@ def parse_checkpoints(specs: Optional[List[str]], ablation: bool) -> dict:
 
 @eval_app.command("identity")
 def identity_cmd(
-    photo_dir: Path = typer.Argument(..., help="Folder of <person>/<photo> images (or with labels.csv), e.g. ../shared/data/faces-dev."),
-    out: Path = typer.Option(Path("facefit-eval-identity"), "-o", "--out", help="Output folder for the report."),
+    photo_dir: Path = typer.Argument(..., readable=False, help="Folder of <person>/<photo> images (or with labels.csv), e.g. ../shared/data/faces-dev."),
+    out: Path = typer.Option(Path("facefit-eval-identity"), "-o", "--out", readable=False, help="Output folder for the report."),
     checkpoint: Optional[List[str]] = typer.Option(None, "--checkpoint", help="Checkpoint PATH or NAME=PATH (repeat with --ablation; a folder of .pt files also works with --ablation). Default: the shipped one."),
     ablation: bool = typer.Option(False, "--ablation", help="Compare several checkpoints side by side (e.g. without batch loss, without loopback, single view)."),
     eval_net: str = typer.Option("sface", "--eval-net", help="Held-out recognition network for the evaluation (never the training network)."),

@@ -206,3 +206,23 @@ def test_eval_refuses_a_read_only_output_folder_first(tmp_path, capsys, monkeypa
     err = _one_line_error(capsys)
     assert rc != 0 and "permission denied" in err and str(out) in err, err
     assert list(ro.iterdir()) == []
+
+
+def test_cli_never_answers_unreadable_paths_with_a_usage_error(tmp_path, capsys, monkeypatch):
+    """The CLI layer's own 'path is not readable' check would print a multi-line usage
+    error (exit 2); facefit reports unreadable files itself, in one line. Simulated with
+    os.access (the tests run as root, where chmod 000 changes nothing)."""
+    from facefit.cli import main
+
+    locked = tmp_path / "locked.jpg"
+    locked.write_bytes(b"x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if (
+        os.fspath(p) == os.fspath(locked) and mode & os.R_OK) else real_access(p, mode, *a, **k))
+    for args in (["reconstruct", str(locked), "-o", str(tmp_path / "a.obj")],
+                 ["render", str(locked), "-o", str(tmp_path / "a.png")],
+                 ["eval", "identity", str(locked), "-o", str(tmp_path / "ev")],
+                 ["model", "import", "ict", str(locked)]):
+        rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 1 and "Usage:" not in err and len(err.strip().splitlines()) == 1, (args, err)

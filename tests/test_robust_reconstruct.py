@@ -276,3 +276,32 @@ def test_unexpected_error_in_one_item_does_not_stop_the_batch(untrained_checkpoi
     assert [got[f"p{k}.jpg"]["status"] for k in range(3)] == ["ok", "error", "ok"]
     assert got["p1.jpg"]["error"] == "ValueError: index 70 is out of bounds for axis 0"
     assert sorted(p.name for p in out.glob("*.obj")) == ["p0.obj", "p2.obj"]
+
+
+def test_unreadable_photo_is_one_line_in_single_and_folder_mode(untrained_checkpoint, tmp_path, capsys, monkeypatch):
+    """Permission denied (simulated at the open: the tests run as root, where chmod 000
+    changes nothing): one line naming the file, exit 1, nothing written; in a folder a
+    manifest entry. Typer's own multi-line 'not readable' usage error must not appear."""
+    from PIL import Image as PILImage
+
+    src = tmp_path / "in"
+    src.mkdir()
+    locked = src / "locked.jpg"
+    shutil.copy(_photos(1)[0], locked)
+    real_open = PILImage.open
+
+    def guarded(fp, *a, **k):
+        if os.fspath(fp) == os.fspath(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(fp))
+        return real_open(fp, *a, **k)
+
+    monkeypatch.setattr(PILImage, "open", guarded)
+    out = tmp_path / "one.obj"
+    rc = main(["reconstruct", str(locked), "-o", str(out), "--checkpoint", str(untrained_checkpoint)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err == f"error: {locked}: permission denied"
+    assert not out.exists()
+    rc = main(["reconstruct", str(src), "-o", str(tmp_path / "dir"), "--checkpoint", str(untrained_checkpoint)])
+    capsys.readouterr()
+    entry = json.loads((tmp_path / "dir" / "manifest.jsonl").read_text().splitlines()[0])
+    assert rc == 1 and entry["status"] == "error" and entry["error"].endswith("permission denied")
