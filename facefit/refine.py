@@ -139,7 +139,7 @@ def refine_identity(
                 # the views of face i at step k depend on (seed, i, k) only, not on the batching
                 params, bgs = [], []
                 for i in range(a, b):
-                    g = torch.Generator().manual_seed(hash((int(cfg.seed), i, step)) & 0x7FFFFFFF)
+                    g = torch.Generator().manual_seed(_view_seed(int(cfg.seed), i, step))
                     params.append(random_params(V, syn, g))
                     bgs.append(random_backgrounds(V, syn.render_size, g, syn.background_noise, device=dev))
                 p = _cat_params(params)
@@ -179,6 +179,11 @@ def refine_identity(
     info = {"steps": int(cfg.steps), "views": V, "lr": float(cfg.lr), "prior": float(cfg.prior), "seed": int(cfg.seed),
             "identity_before": before, "identity_after": after}
     return s_out.cpu().numpy(), c_out.cpu().numpy(), info
+
+
+def _view_seed(seed: int, face: int, step: int) -> int:
+    """Seed of the views of ``face`` at ``step`` (a fixed mix, the same in every process)."""
+    return (seed * 1_000_003 + face * 7_919 + step * 104_729 + 12_345) % (2**63 - 1)
 
 
 def _cat_params(params):
