@@ -70,6 +70,53 @@ def test_arbitrary_bytes_never_crash_image_loading(tmp_path, data, suffix, heade
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
 
 
+def _valid_mesh_bytes():
+    """A small facefit mesh in each format, written once (the fuzz test corrupts them)."""
+    global _MESH_BYTES
+    try:
+        return _MESH_BYTES
+    except NameError:
+        pass
+    import tempfile
+
+    from facefit.mesh_io import FaceMesh, save_mesh
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(12, 3)) * 10
+    tri = np.array([[0, 1, 2], [2, 3, 4], [5, 6, 7], [8, 9, 10], [1, 4, 11]])
+    mesh = FaceMesh(v, tri, colors=rng.uniform(size=(12, 3)))
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for suf in (".obj", ".ply", ".glb"):
+            save_mesh(mesh, Path(d) / f"m{suf}")
+            out[suf] = (Path(d) / f"m{suf}").read_bytes()
+    _MESH_BYTES = out
+    return out
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(suffix=st.sampled_from([".obj", ".ply", ".glb"]), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8),
+       junk=st.binary(max_size=64))
+def test_corrupted_mesh_files_never_crash_loading(tmp_path, suffix, cut, flips, junk):
+    """Truncated, bit-flipped and junk-extended mesh files: a mesh or one clean error."""
+    from facefit.errors import FacefitError
+    from facefit.mesh_io import load_mesh
+
+    data = bytearray(_valid_mesh_bytes()[suffix])
+    for where, byte in flips:
+        data[min(len(data) - 1, int(where * len(data)))] = byte
+    data = bytes(data[: max(0, int(cut * len(data)))]) + junk
+    p = tmp_path / f"x{suffix}"
+    p.write_bytes(data)
+    try:
+        m = load_mesh(p)
+    except FacefitError as e:
+        assert "\n" not in str(e)
+    else:
+        assert np.isfinite(m.vertices).all() and (m.triangles < len(m.vertices)).all() and (m.triangles >= 0).all()
+
+
 def test_eval_and_render_refuse_bad_input(tmp_path, capsys):
     for args in (["eval", "identity", str(tmp_path / "missing"), "-o", str(tmp_path / "r")],
                  ["eval", "micc", str(tmp_path / "missing"), "-o", str(tmp_path / "r")],
