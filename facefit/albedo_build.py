@@ -76,6 +76,7 @@ __all__ = [
     "shape_key",
     "shipped_albedo_for",
     "symmetric_fill",
+    "fill_unobserved",
     "vertex_visibility",
     "weighted_pca",
 ]
@@ -660,6 +661,82 @@ def symmetric_fill(X, W, symmetry, weight: float = 0.3):
     return X2, W2
 
 
+def fill_unobserved(
+    mean: np.ndarray,
+    basis: np.ndarray,
+    triangles: np.ndarray,
+    unknown: np.ndarray,
+    rings: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill the albedo of vertices the photos never showed, smoothly from their neighbours.
+
+    Vertices no photo saw (typically the outer border of a face-area mesh) come out of the
+    weighted PCA with colour 0 and no variation, which renders as a black outline. Their
+    ``rings`` nearest rings of neighbours are filled too: those were seen only at grazing
+    angles, where the samples mix in hair and background. The filled values are the
+    harmonic extension (graph Laplace equation on the mesh edges) of the remaining
+    vertices' mean and basis, so the colour continues the face's and the components keep
+    varying there. A connected piece without any known vertex gets the average known colour
+    and no variation.
+
+    Args:
+        mean: (V, 3) mean colour.
+        basis: (V, 3, K) colour basis (any column scale).
+        triangles: (F, 3) int vertex indices.
+        unknown: (V,) bool, vertices without (usable) observations.
+        rings: graph rings of neighbours of ``unknown`` that are filled as well (>= 0).
+    Returns:
+        ``(mean', basis', filled)``: arrays of the input shapes (float32) and the (V,) bool
+        mask of filled vertices. Known vertices are unchanged.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.csgraph as csgraph
+    import scipy.sparse.linalg as spla
+
+    mean = np.asarray(mean, np.float32)
+    basis = np.asarray(basis, np.float32)
+    V = mean.shape[0]
+    unknown = np.asarray(unknown, bool).reshape(-1)
+    if unknown.shape[0] != V or basis.shape[0] != V:
+        raise FacefitError(f"fill_unobserved: {V} vertices, but a mask of {unknown.shape[0]} and a basis of {basis.shape[0]}")
+    if rings < 0:
+        raise FacefitError("fill_unobserved: rings must be >= 0")
+    tri = np.asarray(triangles, np.int64)
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(V, V)).tocsr()
+    adj = ((adj + adj.T) > 0).astype(np.float64)
+    fill = unknown.copy()
+    for _ in range(int(rings)):
+        if not fill.any():
+            break
+        fill = fill | (adj @ fill.astype(np.float64) > 0)
+    if not fill.any():
+        return mean, basis, fill
+    K = basis.shape[2] if basis.ndim == 3 else 0
+    values = np.concatenate([mean.reshape(V, -1), basis.reshape(V, -1)], 1).astype(np.float64)  # (V, 3 + 3K)
+    out = values.copy()
+    known = ~fill
+    # pieces of the mesh graph without any known vertex: average colour, no variation
+    _, comp = csgraph.connected_components(adj, directed=False)
+    has_known = np.zeros(comp.max() + 1, bool)
+    has_known[comp[known]] = True
+    orphan = fill & ~has_known[comp]
+    if known.any():
+        out[orphan, :3] = values[known, :3].mean(0)
+    out[orphan, 3:] = 0.0
+    solve = fill & ~orphan
+    if solve.any():
+        deg = np.asarray(adj.sum(1)).reshape(-1)
+        lap = (sp.diags(deg) - adj).tocsr()
+        iu, ik = np.nonzero(solve)[0], np.nonzero(known)[0]
+        l_uu = lap[iu][:, iu].tocsc()
+        rhs = -(lap[iu][:, ik] @ values[ik])
+        out[iu] = spla.splu(l_uu).solve(np.asarray(rhs))
+    mean2 = out[:, :3].reshape(mean.shape).astype(np.float32)
+    basis2 = out[:, 3:].reshape(V, 3, K).astype(np.float32) if K else basis
+    return mean2, basis2, fill
+
+
 # =============================================================================== PCA
 
 
@@ -946,6 +1023,7 @@ def build_albedo(
     samples_cache: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
     albedo_only: bool = False,
+    fill_rings: int = 1,
 ) -> MorphableModel:
     """Learn a statistical albedo model for ``model`` from a folder of photos.
 
@@ -979,6 +1057,9 @@ def build_albedo(
             :func:`save_samples`; about 0.12 MB per photo for a 9.4k-vertex model).
         log: called with progress messages (default: print when ``progress``).
         albedo_only: write only the colour model to ``out`` (see ``out``).
+        fill_rings: vertices no kept photo saw, and this many rings of their neighbours,
+            get the smooth continuation of the rest (:func:`fill_unobserved`) instead of
+            black; -1 = no filling.
     Returns:
         ``model.with_color_model(mean, basis, std, description=...)`` with provenance in
         ``meta["albedo"]``.
@@ -1058,7 +1139,10 @@ def build_albedo(
                 f"median lighting residual {np.median(light_rel):.3f}")
             if prog:
                 prog.advance(task, 1)
-    del X, Wt
+    coverage = np.zeros(model.n_vertices, np.float64)
+    for sl in _chunks(Wk.shape[0], 512):
+        coverage += np.asarray(Wk[sl], np.float64).sum(0)
+    del X, Wt, Xk, Wk
 
     # ---------------------------------------------------------------- choose K, build model
     k = n_components
@@ -1067,7 +1151,15 @@ def build_albedo(
         reach = np.nonzero(cum >= variance)[0]
         k = int(reach[0]) + 1 if len(reach) else n_components
     k = max(1, min(k, pca.basis.shape[2]))
-    mean = np.clip(pca.mean, 0.0, 1.0)
+    mean, basis_k = pca.mean, pca.basis[..., :k]
+    n_filled = 0
+    if fill_rings >= 0:
+        mean, basis_k, filled = fill_unobserved(mean, basis_k, model.triangles, coverage <= 0, rings=fill_rings)
+        n_filled = int(filled.sum())
+        if n_filled:
+            say(f"albedo: {int((coverage <= 0).sum())} vertices never seen; filled {n_filled} "
+                f"(with {fill_rings} ring(s) of neighbours) from the rest")
+    mean = np.clip(mean, 0.0, 1.0)
     n_used = int(keep.sum())
     rejected = dict(reasons)
     if (~keep).sum():
@@ -1088,14 +1180,16 @@ def build_albedo(
         "settings": {
             "n_components": n_components, "variance": variance, "max_photos": max_photos, "rounds": rounds,
             "fit_steps": fit_steps, "symmetry_weight": symmetry_weight, "max_landmark_error": max_landmark_error,
-            "min_visible": min_visible, "lighting": "2nd-order SH, shared RGB, normalised to mean 1",
+            "min_visible": min_visible, "fill_rings": fill_rings, "lighting": "2nd-order SH, shared RGB, normalised to mean 1",
             "color_space": "sRGB-encoded albedo (sampled and de-lit in linear RGB)",
         },
         "rounds": history,
+        "unseen_vertices": int((coverage <= 0).sum()),
+        "filled_vertices": n_filled,
         "shape_key": shape_key(model),
         "seconds": {"sampling": round(t_sampled - t_start, 1), "total": round(time.time() - t_start, 1)},
     }
-    result = base.with_color_model(mean, pca.basis[..., :k], pca.std[:k], description=desc)
+    result = base.with_color_model(mean, basis_k, pca.std[:k], description=desc)
     result.meta["albedo"] = provenance
     if out is not None:
         out = Path(out)

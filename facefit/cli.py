@@ -120,6 +120,7 @@ def model_build_albedo(
     variance: Optional[float] = typer.Option(None, "--variance", help="Keep the fewest components explaining this share (e.g. 0.9)."),
     max_photos: Optional[int] = typer.Option(None, "--max-photos", min=2, help="Use an evenly spread subset of this many photos."),
     albedo_only: bool = typer.Option(False, "--albedo-only", help="Write only the small colour-model file (the kind facefit ships in models/albedo/; loading it attaches it to the default shape model)."),
+    fill_rings: int = typer.Option(1, "--fill-rings", min=-1, max=20, help="Vertices no photo saw, plus this many rings of neighbours, get the smooth continuation of the rest instead of black (-1: no filling)."),
 ):
     """Learn a statistical albedo (colour) model from ordinary photos for a shape model.
 
@@ -135,12 +136,13 @@ def model_build_albedo(
     if out.suffix.lower() != ".npz":
         raise FacefitError(f"{out}: the output must be a .npz file")
     built = build_albedo(photos, m, out, n_components=components, variance=variance, max_photos=max_photos,
-                         progress=sys.stderr.isatty(), albedo_only=albedo_only,
+                         progress=sys.stderr.isatty(), albedo_only=albedo_only, fill_rings=fill_rings,
                          log=None if sys.stderr.isatty() else (lambda msg: typer.echo(msg, err=True)))
     prov = built.meta.get("albedo", {})
     kind = "colour model" if albedo_only else f"model '{built.name}' (hash {built.content_hash})"
     typer.echo(f"{out}: {kind}, {built.n_color} colour components from {prov.get('used', '?')} of "
-               f"{prov.get('photos', '?')} photos, {float(prov.get('explained_variance_total', float('nan'))):.1%} of the variance")
+               f"{prov.get('photos', '?')} photos, {float(prov.get('explained_variance_total', float('nan'))):.1%} of the variance, "
+               f"{prov.get('filled_vertices', 0)} never-seen or grazing vertices filled")
 
 
 # --------------------------------------------------------------------------- render

@@ -529,6 +529,9 @@ def _albedo_provenance(model: MorphableModel) -> dict[str, Any]:
     if isinstance(settings, dict):
         keep = ("rounds", "fit_steps", "symmetry_weight", "max_landmark_error", "min_visible", "max_photos")
         out["albedo_settings"] = ", ".join(f"{k}={settings[k]}" for k in keep if k in settings)
+    if "filled_vertices" in prov:
+        out["albedo_filled"] = (f"{prov['filled_vertices']} vertices filled from their neighbours "
+                                f"({prov.get('unseen_vertices', '?')} never seen + {settings.get('fill_rings', '?') if isinstance(settings, dict) else '?'} ring(s))")
     if model.meta.get("albedo_file"):
         out["albedo_file"] = str(model.meta["albedo_file"])
     return out

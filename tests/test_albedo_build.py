@@ -19,6 +19,7 @@ from facefit.albedo_build import (
     save_albedo_file,
     shape_key,
     shipped_albedo_for,
+    fill_unobserved,
     symmetric_fill,
     vertex_visibility,
     weighted_pca,
@@ -216,6 +217,46 @@ def test_symmetric_fill():
     assert X2[0, 0, 0] == 3.0 and abs(W2[0, 0].item() - 0.15) < 1e-6 and W2[0, 1] == 0
 
 
+def test_fill_unobserved_continues_the_colour_smoothly():
+    pts, tri = grid(9, 9)
+    V = len(pts)
+    xy = np.asarray(pts)[:, :2]
+    # a linear colour field and a linear basis column: harmonic on a regular triangulated grid
+    lin = 0.5 + 0.002 * xy[:, :1] + 0.001 * xy[:, 1:2]
+    mean = np.repeat(lin, 3, 1).astype(np.float32)
+    basis = np.stack([mean - 0.2, 2 * (mean - 0.2)], -1).astype(np.float32)  # (V, 3, 2)
+    r = np.hypot(*(xy - xy.mean(0)).T)
+    hole = r < 0.3 * r.max()  # an interior patch no photo saw
+    m0, b0 = mean.copy(), basis.copy()
+    m0[hole], b0[hole] = 0.0, 0.0
+    m1, b1, filled = fill_unobserved(m0, b0, tri, hole, rings=0)
+    assert np.array_equal(filled, hole)
+    np.testing.assert_allclose(m1, mean, atol=1e-5)  # exact continuation of a linear field
+    np.testing.assert_allclose(b1, basis, atol=1e-5)
+    # one ring more is filled too and everything else is untouched
+    m2, b2, filled2 = fill_unobserved(m0, b0, tri, hole, rings=1)
+    assert filled2.sum() > hole.sum() and np.all(filled2[hole])
+    assert np.array_equal(m2[~filled2], m0[~filled2]) and np.array_equal(b2[~filled2], b0[~filled2])
+    # the mesh border (neighbours on one side only): values stay within the known range
+    border = (xy[:, 0] == xy[:, 0].min())
+    m3, _, _ = fill_unobserved(mean, basis, tri, border, rings=0)
+    assert np.all(m3[border] >= mean[~border].min() - 1e-6) and np.all(m3[border] <= mean[~border].max() + 1e-6)
+    assert np.all(m3[border] > 0.1)
+    # nothing unknown: unchanged; a mesh piece with no known vertex: average colour, no variation
+    m4, b4, f4 = fill_unobserved(mean, basis, tri, np.zeros(V, bool))
+    assert not f4.any() and np.array_equal(m4, mean)
+    tri2 = np.concatenate([tri, np.array([[V, V + 1, V + 2]])])
+    mean2 = np.concatenate([mean, np.zeros((3, 3), np.float32)])
+    basis2 = np.concatenate([basis, np.ones((3, 3, 2), np.float32)])
+    unk = np.zeros(V + 3, bool)
+    unk[V:] = True
+    m5, b5, _ = fill_unobserved(mean2, basis2, tri2, unk, rings=0)
+    np.testing.assert_allclose(m5[V:], np.broadcast_to(mean.mean(0), (3, 3)), atol=1e-5)
+    assert np.all(b5[V:] == 0)
+    with pytest.raises(FacefitError):
+        fill_unobserved(mean, basis, tri, np.zeros(V - 1, bool))
+
+
 # ------------------------------------------------------------------------------- files
 
 
@@ -261,7 +302,12 @@ def test_shipped_ict_albedo_is_attached():
     m = convert_model("ict", find_shared_ict(), "face")
     assert m.meta["color_model"].startswith("statistical")
     assert m.n_color >= 10 and m.meta["albedo"]["used"] > 1000
-    assert np.all(np.diff(m.color_std) <= 1e-6)
+    # components are in PCA order of the variance the photos showed (color_std also covers
+    # the filled never-seen vertices, so it need not be sorted exactly)
+    assert np.all(np.diff(m.meta["albedo"]["explained_variance"]) <= 1e-6) and np.all(m.color_std > 0)
+    # no black outline: every vertex has a skin-like colour, border and never-seen ones included
+    assert m.meta["albedo"]["filled_vertices"] > 0
+    assert float(m.mean_color.sum(1).min()) > 0.3
     # the mean skin is skin-coloured: red > green > blue on the cheeks
     cheek = m.mean_color[m.landmarks[[2, 14]]].mean(0)
     assert cheek[0] > cheek[1] > cheek[2]
@@ -297,6 +343,7 @@ def test_build_albedo_on_a_few_real_photos(tmp_path):
     info = model_info(loaded)
     assert info["albedo_photos"].startswith(f"{prov['used']} used of 7") and "unreadable 1" in info["albedo_photos"]
     assert "components" in info["albedo_explained"]
+    assert info["albedo_filled"].startswith(f"{prov['filled_vertices']} vertices filled")
     # the colour-only file (what models/albedo ships) is found for the bare shape model
     small = tmp_path / "small"
     save_albedo_file(small / "alb.npz", res, prov)
@@ -304,6 +351,9 @@ def test_build_albedo_on_a_few_real_photos(tmp_path):
     assert again is not None and again.n_color == 3
     face_cols = res.mean_color[res.face_mask]
     assert 0.2 < float(face_cols.mean()) < 0.8
+    # six photos leave parts of the mesh unseen: filled, never black
+    assert prov["unseen_vertices"] > 0 and prov["filled_vertices"] > prov["unseen_vertices"]
+    assert float(res.mean_color.sum(1).min()) > 0.1
     with pytest.raises(FacefitError):
         build_albedo(tmp_path / "nothing-here", model, None, progress=False)
 
@@ -330,3 +380,31 @@ def test_colour_only_file_loads_onto_its_shape_model(tmp_path, monkeypatch):
     np.savez(other, **arrays)
     with pytest.raises(FacefitError, match="someone-elses-model"):
         load_model(other)
+
+
+def test_cli_build_albedo_small_file_and_errors(tmp_path, capsys):
+    assert DEV.is_dir() and (SHARED / "models" / "ICT-FaceKit").is_dir(), "faces-dev / ICT-FaceKit not in ../shared"
+    from facefit.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, p in enumerate(sorted(p for p in DEV.rglob("*.jpg") if p.stat().st_size < 40_000)[:4]):
+        shutil.copy(p, photos / f"{i}.jpg")
+    out = tmp_path / "alb.npz"
+    rc = main(["model", "build-albedo", "--photos", str(photos), "-o", str(out), "--components", "2",
+               "--albedo-only", "--fill-rings", "2"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "2 colour components" in cap.out and "vertices filled" in cap.out
+    data = load_albedo_file(out)
+    prov = data["header"]["provenance"]
+    assert data["color_basis"].shape[2] == 2 and prov["settings"]["fill_rings"] == 2 and prov["filled_vertices"] > 0
+    assert float(np.asarray(data["mean_color"], np.float32).sum(1).min()) > 0.1  # no black vertices
+    # bad input: one line, non-zero exit, nothing written
+    for args in (["--photos", str(tmp_path / "missing"), "-o", str(tmp_path / "x.npz")],
+                 ["--photos", str(photos), "-o", str(tmp_path / "x.txt")],
+                 ["--photos", str(photos), "-o", str(tmp_path / "x.npz"), "--fill-rings", "-5"]):
+        rc = main(["model", "build-albedo", *args])
+        cap = capsys.readouterr()
+        assert rc != 0 and "Traceback" not in cap.err and cap.err.strip()
+        assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.txt").exists()

@@ -23,7 +23,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("cmd", [[], ["render"], ["model"], ["model", "import"], ["model", "info"],
-                                 ["model", "list"], ["model", "fetch"]])
+                                 ["model", "list"], ["model", "fetch"], ["model", "build-albedo"]])
 def test_every_command_has_help(cmd, capsys):
     rc, out, _ = run(cmd + ["--help"], capsys)
     assert rc == 0
