@@ -40,6 +40,35 @@ _OUTPUT_ERRNOS = frozenset(
 )
 
 
+def os_error_reason(exc: OSError, folder: str | os.PathLike) -> str:
+    """A few words on why writing into ``folder`` failed (permission, read-only, full, ...).
+
+    Args:
+        exc: the OSError.
+        folder: the folder that was being written to (named in the reason).
+    Returns:
+        e.g. ``"no space left on device"`` or ``"permission denied in 'out'"``.
+    """
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        reason = f"permission denied in {str(folder)!r}"
+    elif code == errno.EROFS:
+        reason = "read-only file system"
+    elif code == errno.ENOSPC:
+        reason = "no space left on device"
+    elif code == getattr(errno, "EDQUOT", -1):
+        reason = "disk quota exceeded"
+    elif code == errno.ENOTDIR:
+        reason = f"{str(folder)!r} is not a folder"
+    elif code == errno.EFBIG:
+        reason = "file too large for the file system"
+    elif code == errno.ENAMETOOLONG:
+        reason = "file name too long"
+    else:
+        reason = (exc.strerror or str(exc) or type(exc).__name__).strip()
+    return reason.replace("\n", " ")
+
+
 def describe_os_error(path: str | os.PathLike, exc: OSError) -> str:
     """One-line, user-facing description of why writing ``path`` failed.
 
@@ -57,20 +86,8 @@ def describe_os_error(path: str | os.PathLike, exc: OSError) -> str:
         reason = f"{str(path.parent)!r} is not a directory"
     elif code == errno.EISDIR or path.is_dir():
         reason = "it is a directory"
-    elif code in (errno.EACCES, errno.EPERM):
-        reason = f"permission denied in {str(path.parent)!r}"
-    elif code == errno.EROFS:
-        reason = "read-only file system"
-    elif code == errno.ENOSPC:
-        reason = "no space left on device"
-    elif code == getattr(errno, "EDQUOT", -1):
-        reason = "disk quota exceeded"
-    elif code == errno.EFBIG:
-        reason = "file too large for the file system"
-    elif code == errno.ENAMETOOLONG:
-        reason = "file name too long"
     else:
-        reason = (exc.strerror or str(exc) or type(exc).__name__).strip()
+        reason = os_error_reason(exc, path.parent)
     return f"cannot write {path}: {reason}".replace("\n", " ")
 
 

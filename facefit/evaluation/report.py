@@ -18,7 +18,6 @@ leaves none of them behind (:class:`Report`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from facefit.atomic import atomic_write, describe_os_error
+from facefit.atomic import atomic_write, describe_os_error, os_error_reason
 from facefit.errors import FacefitError
 
 __all__ = [
@@ -135,22 +134,6 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int 
 # the report
 
 
-def _os_reason(exc: OSError, where: Path) -> str:
-    """A few words on why ``where`` could not be written to."""
-    code = exc.errno
-    if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied in '{where}'"
-    if code == errno.EROFS:
-        return "read-only file system"
-    if code == errno.ENOSPC:
-        return "no space left on device"
-    if code == getattr(errno, "EDQUOT", -1):
-        return "disk quota exceeded"
-    if code == errno.ENOTDIR:
-        return f"'{where}' is not a folder"
-    return (exc.strerror or str(exc) or type(exc).__name__).strip().replace("\n", " ")
-
-
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Make sure a report can be written into the folder ``out_dir``, without creating it.
 
@@ -177,7 +160,7 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
         fd, name = tempfile.mkstemp(prefix=".facefit-probe.", suffix=".tmp", dir=probe_dir)
     except OSError as exc:
         what = "write the report to" if probe_dir == out else "create the report folder"
-        raise FacefitError(f"cannot {what} {out}: {_os_reason(exc, probe_dir)}") from None
+        raise FacefitError(f"cannot {what} {out}: {os_error_reason(exc, probe_dir)}") from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(name)
@@ -217,7 +200,7 @@ class Report:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FacefitError(f"cannot create the report folder {self.out_dir}: {_os_reason(exc, self.out_dir)}") from None
+            raise FacefitError(f"cannot create the report folder {self.out_dir}: {os_error_reason(exc, self.out_dir)}") from None
         self._stage: Optional[Path] = None
         self._names: list[str] = []
         self._remove_stale_staging()
@@ -251,7 +234,7 @@ class Report:
             try:
                 self._stage = Path(tempfile.mkdtemp(prefix=".report.", suffix=".tmp", dir=self.out_dir))
             except OSError as exc:
-                raise FacefitError(f"cannot write the report to {self.out_dir}: {_os_reason(exc, self.out_dir)}") from None
+                raise FacefitError(f"cannot write the report to {self.out_dir}: {os_error_reason(exc, self.out_dir)}") from None
         return self._stage
 
     def discard(self) -> None:
