@@ -754,6 +754,7 @@ class PCAResult:
         explained: (K,) fraction of the total (weighted) variance each component explains.
         total_variance: float, summed per-dimension weighted variance around the mean.
         iterations: ALS iterations run.
+        weight_sum: (V,) float64 total weight of each vertex over all rows (0 = never seen).
     """
 
     mean: np.ndarray
@@ -763,6 +764,7 @@ class PCAResult:
     explained: np.ndarray
     total_variance: float
     iterations: int
+    weight_sum: np.ndarray | None = None
 
 
 def _chunks(n: int, size: int):
@@ -922,6 +924,7 @@ def weighted_pca(
         explained=explained.numpy(),
         total_variance=total_var,
         iterations=it,
+        weight_sum=sw.numpy(),
     )
 
 
@@ -1139,10 +1142,8 @@ def build_albedo(
                 f"median lighting residual {np.median(light_rel):.3f}")
             if prog:
                 prog.advance(task, 1)
-    coverage = np.zeros(model.n_vertices, np.float64)
-    for sl in _chunks(Wk.shape[0], 512):
-        coverage += np.asarray(Wk[sl], np.float64).sum(0)
     del X, Wt, Xk, Wk
+    coverage = pca.weight_sum  # (V,) total weight of the kept photos' observations
 
     # ---------------------------------------------------------------- choose K, build model
     k = n_components

@@ -16,7 +16,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -294,27 +295,31 @@ def default_checkpoint() -> Path:
     )
 
 
-def checkpoint_info(path: str | os.PathLike) -> dict:
+def checkpoint_info(path: str | os.PathLike, checkpoint: Mapping[str, Any] | None = None) -> dict:
     """Which regressor a checkpoint file is, for provenance records.
 
+    Args:
+        path: the checkpoint file.
+        checkpoint: its already-loaded contents (at least ``meta``/``step``/``format``,
+            e.g. ``Regressor.checkpoint_fields``); None = load the file here.
     Returns:
         dict: ``regressor`` (file name), ``regressor_sha256`` (first 16 hex digits of the
         file's SHA-256), ``regressor_step`` (training step, from the checkpoint's ``meta``
         or a training checkpoint's ``step``; None when unknown) and ``regressor_format``
         (the checkpoint format number; None when unreadable).
     """
-    import hashlib
-    import io
+    from facefit.recognition.base import file_sha256
 
     path = Path(path)
-    data = path.read_bytes()
-    info = {"regressor": path.name, "regressor_sha256": hashlib.sha256(data).hexdigest()[:16],
+    info = {"regressor": path.name, "regressor_sha256": file_sha256(path)[:16],
             "regressor_step": None, "regressor_format": None}
-    try:
-        ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - the regressor loader reports unreadable files
-        return info
-    if isinstance(ck, dict):
+    ck = checkpoint
+    if ck is None:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - the regressor loader reports unreadable files
+            return info
+    if isinstance(ck, Mapping):
         meta = ck.get("meta") if isinstance(ck.get("meta"), dict) else {}
         step = meta.get("step", ck.get("step"))
         if isinstance(step, (int, np.integer)) and not isinstance(step, bool) and step >= 0:
@@ -362,7 +367,7 @@ class Reconstructor:
         self.regressor = Regressor.from_checkpoint(ckpt, model=model, device=self.device)
         self.regressor.eval()
         self.checkpoint = ckpt
-        self.checkpoint_info = checkpoint_info(ckpt)  # name, sha256, step, format: once
+        self.checkpoint_info = checkpoint_info(ckpt, self.regressor.checkpoint_fields)  # name, sha256, step, format: once
         self.encoder = self.regressor.encoder
         self.detector = detector
         self.all_faces = all_faces

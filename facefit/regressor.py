@@ -255,6 +255,8 @@ class Regressor(nn.Module):
         decoder = decoder_from_checkpoint(ckpt, path)
         encoder = get_net(ckpt["encoder"], device=device, **dict(encoder_kwargs or {}))
         reg = cls(encoder, decoder, ckpt["model_hash"], ckpt.get("model_name", ""))
+        # provenance fields of the file (facefit.reconstruction.checkpoint_info), kept so it is read once
+        reg.checkpoint_fields = {k: ckpt[k] for k in ("meta", "step", "format") if k in ckpt}
         if device is not None:
             reg.decoder.to(device)
         return reg.train(False)

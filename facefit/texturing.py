@@ -302,7 +302,7 @@ def texture_from_photo(model, recon, image: np.ndarray, size: int = TEXTURE_SIZE
     model_rgb = interp(torch.as_tensor(recon.mesh.colors))
     rgb = w[:, None] * photo_rgb + (1 - w[:, None]) * model_rgb
     # pad the charts (nearest covered texel) so bilinear lookups at seams do not pick up black
-    tex_np = fill_texture(raster, (rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
+    tex_np = fill_texture(raster, _to_u8(rgb.numpy()))
     meta = dict(recon.mesh.meta)
     meta["texture"] = (f"photo: {float((w > 0.5).float().mean()):.0%} of texels from {recon.source}, "
                        f"rest model colour; landmark fit error {float(fit.landmark_error_px[0]):.1f} px")

@@ -85,6 +85,7 @@ def test_weighted_pca_recovers_low_rank_model_with_missing_data():
     assert np.all(np.diff(res.std) <= 1e-6)  # ordered
     assert np.allclose(res.basis.reshape(V * C, K).T @ res.basis.reshape(V * C, K), np.eye(K), atol=1e-4)
     assert res.explained.sum() > 0.95
+    np.testing.assert_allclose(res.weight_sum, W.sum(0), rtol=1e-6)  # per-vertex coverage
 
     # imputing the missing entries with the mean and running ordinary PCA is clearly worse
     Xi = np.where(W[..., None] > 0, X, res.mean[None]).reshape(N, -1)

@@ -45,6 +45,7 @@ from facefit.errors import FacefitError, InvalidFileError
 
 from . import neutral_vertices, nose_tip_index
 from .geometry import (
+    _used_vertices,
     DEFAULT_RADIUS_MM,
     crop_mesh,
     evaluate_geometry,
@@ -268,11 +269,7 @@ def load_scan(path, units: str = "auto") -> tuple[np.ndarray, np.ndarray, float]
         f = UNITS[units]
     else:
         raise FacefitError(f"unknown scan units '{units}' (use auto, mm, cm or m)")
-    used = np.unique(t)
-    if len(used) < len(v):  # drop vertices no triangle uses (they have no normal)
-        remap = np.full(len(v), -1, np.int64)
-        remap[used] = np.arange(len(used))
-        v, t = v[used], remap[t]
+    v, t = _used_vertices(v, t)  # drop vertices no triangle uses (they have no normal)
     return v * f, t, f
 
 
