@@ -713,6 +713,11 @@ class _StopFlag:
         self._old.clear()
 
 
+def _terms_text(terms: Mapping[str, float]) -> str:
+    """``loss=.. param=.. id=.. batch=.. loop=..`` for progress displays."""
+    return " ".join(f"{k}={terms[k]:.4g}" for k in ("loss", "param", "id", "batch", "loop") if k in terms)
+
+
 class _PlainProgress:
     """Plain progress lines for consoles that are not terminals (rank 0 only).
 
@@ -744,8 +749,6 @@ class _PlainProgress:
 
     def update(self, step: int, stage: str, dt: float, terms: Mapping[str, float]) -> Optional[str]:
         """Record a finished step (``step`` = steps done so far); returns the printed line, if any."""
-        from facefit.photo_cache import format_duration
-
         now = time.perf_counter()
         self.times = (self.times + [dt])[-self.WINDOW:]
         self.since_line.append(dt)
@@ -757,11 +760,13 @@ class _PlainProgress:
         )
         if not due:
             return None
+        from facefit.photo_cache import format_duration
+
         mean_dt = sum(self.times) / len(self.times)
         eta = max(0, self.end - step) * mean_dt
         if self.max_time is not None:
             eta = min(eta, max(0.0, float(self.max_time) - (now - self.t_start)))
-        info = " ".join(f"{k}={terms[k]:.4g}" for k in ("loss", "param", "id", "batch", "loop") if k in terms)
+        info = _terms_text(terms)
         pct = 100.0 * step / max(1, self.total)
         line = (f"step {step}/{self.total} ({pct:.1f}%) stage {stage} | "
                 f"{sum(self.since_line) / len(self.since_line):.3f} s/step | {info} | "
@@ -1203,8 +1208,8 @@ class Trainer:
                         log_fh.write(json.dumps(rec) + "\n")
                         log_fh.flush()
                     if self.step % max(1, cfg.log_every) == 0 or self.step == total:
-                        info = " ".join(f"{k}={terms[k]:.4g}" for k in ("loss", "param", "id", "batch", "loop") if k in terms)
-                        bar.update(task, completed=self.step, stage=self.stage_of(step), step_time=f"{dt:.2f}s/step", info=info)
+                        bar.update(task, completed=self.step, stage=self.stage_of(step), step_time=f"{dt:.2f}s/step",
+                                   info=_terms_text(terms))
                     if plain is not None:
                         plain.update(self.step, self.stage_of(step), dt, terms)
                     if not all(math.isfinite(v) for v in terms.values()):

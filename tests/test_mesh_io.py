@@ -73,13 +73,19 @@ def test_round_trip_without_colors(tmp_path, suffix):
     assert loaded.colors is None
 
 
+def _save_obj_with_texture(mesh, path):
+    """Save an OBJ that must come with exactly ``<stem>.mtl`` + ``<stem>_texture.png``: (written, OBJ text)."""
+    names = sorted([path.name, f"{path.stem}.mtl", f"{path.stem}_texture.png"])
+    written = save_mesh(mesh, path)
+    assert sorted(p.name for p in written) == names
+    assert sorted(p.name for p in path.parent.iterdir()) == names
+    return written, path.read_text()
+
+
 def test_textured_obj_round_trip(tmp_path):
     mesh = _random_mesh(seed=2, textured=True)
     path = tmp_path / "face.obj"
-    written = save_mesh(mesh, path)
-    assert sorted(p.name for p in written) == ["face.mtl", "face.obj", "face_texture.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face_texture.png"]
-    text = path.read_text()
+    _, text = _save_obj_with_texture(mesh, path)
     assert "mtllib face.mtl" in text and "usemtl" in text
     assert "map_Kd face_texture.png" in (tmp_path / "face.mtl").read_text()
     face_line = next(line for line in text.splitlines() if line.startswith("f "))
@@ -359,10 +365,7 @@ def test_obj_with_uv_bakes_vertex_colours_into_texture(tmp_path):
 
     mesh = _uv_mesh(seed=15)
     path = tmp_path / "face.obj"
-    written = save_mesh(mesh, path)
-    assert sorted(p.name for p in written) == ["face.mtl", "face.obj", "face_texture.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face_texture.png"]
-    text = path.read_text()
+    written, text = _save_obj_with_texture(mesh, path)
     assert "mtllib face.mtl" in text and "usemtl facefit_vertex_colors" in text
     v_line = next(line for line in text.splitlines() if line.startswith("v "))
     assert len(v_line.split()) == 7  # v x y z r g b: vertex colours kept
