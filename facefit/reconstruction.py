@@ -607,18 +607,23 @@ def reconstruct(
         j = per_item.get(id(it), 0)
         per_item[id(it)] = j + 1
         name = _names(it, j + 1)[j]
-        mesh = rec.mesh(shapes[k], colors[k], {"source": it.label})
-        r = Reconstruction(it.label, name, mesh, shapes[k], colors[k], feats[k].cpu().numpy(),
-                           box=face.box, landmarks68=face.landmarks68, score=float(face.score),
-                           timing={**timing, "encode": t_enc, "decode": t_dec,
-                                   **({"refine": refs[k]["seconds"]} if refs[k] else {})},
-                           extra={"refine": refs[k]} if refs[k] else {})
-        if texture == "photo":
-            from .texturing import texture_from_photo
-
-            r.mesh = texture_from_photo(rec.model, r, image)
-        out.append(r)
+        out.append(_face_reconstruction(rec, it.label, name, shapes[k], colors[k], feats[k], face,
+                                        {**timing, "encode": t_enc, "decode": t_dec}, refs[k], texture, image))
     return out
+
+
+def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, color, feat, face, timing: dict,
+                         ref: Optional[dict], texture: str, image) -> Reconstruction:
+    """One detected face's :class:`Reconstruction` (mesh, provenance, optional photo texture)."""
+    r = Reconstruction(label, name, rec.mesh(shape, color, {"source": label}), shape, color, feat.cpu().numpy(),
+                       box=face.box, landmarks68=face.landmarks68, score=float(face.score),
+                       timing={**timing, **({"refine": ref["seconds"]} if ref else {})},
+                       extra={"refine": ref} if ref else {})
+    if texture == "photo":
+        from .texturing import texture_from_photo
+
+        r.mesh = texture_from_photo(rec.model, r, image)
+    return r
 
 
 # --------------------------------------------------------------------------- batch job
@@ -986,17 +991,9 @@ def run_batch(
                             f"{it.label}: {len(faces)} faces found, but -o {out.name} takes one: give an output "
                             "folder to get all of them, or leave out --all-faces for the main face only")
                     for (k, face, timing, image), name in zip(faces, names):
-                        r = Reconstruction(it.label, name, rec.mesh(shapes[k], colors[k], {"source": it.label}),
-                                           shapes[k], colors[k], feats[k].cpu().numpy(), box=face.box,
-                                           landmarks68=face.landmarks68, score=float(face.score),
-                                           timing={**timing, "encode": (t1 - t0) / len(pending),
-                                                   "decode": (t2 - t1) / len(pending),
-                                                   **({"refine": refs[k]["seconds"]} if refs[k] else {})},
-                                           extra={"refine": refs[k]} if refs[k] else {})
-                        if texture == "photo":
-                            from .texturing import texture_from_photo
-
-                            r.mesh = texture_from_photo(rec.model, r, image)
+                        r = _face_reconstruction(rec, it.label, name, shapes[k], colors[k], feats[k], face,
+                                                 {**timing, "encode": (t1 - t0) / len(pending),
+                                                  "decode": (t2 - t1) / len(pending)}, refs[k], texture, image)
                         if single_file:  # outputs named after -o, e.g. face.obj, face.json
                             paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render)
                             paths["mesh"] = out
