@@ -211,3 +211,21 @@ def test_identity_ablation_run_on_faces_dev(tmp_path):
     from PIL import Image
 
     assert Image.open(out / "similarity_small.png").size[0] > 300
+
+
+def test_identity_refine_rows(tmp_path):
+    a = make_checkpoint(tmp_path / "a.pt", seed=0)
+    out = tmp_path / "report"
+    res = CliRunner().invoke(cli(), ["eval", "identity", str(DEV), "--people", "2", "--per-person", "2",
+                                     "--checkpoint", str(a), "--refine", "2", "--render-size", "128", "-o", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    r = json.loads((out / "results.json").read_text())
+    names = list(r["checkpoints"])
+    assert len(names) == 2 and names[1] == f"{names[0]} +refine 2"
+    plain, refined = (r["checkpoints"][n] for n in names)
+    assert refined["checkpoint"]["refine_steps"] == 2 and "refine_steps" not in plain["checkpoint"]
+    ck = refined["checkpoint"]
+    assert -1.0 <= ck["train_net_identity_before"] <= 1.0 and -1.0 <= ck["train_net_identity_after"] <= 1.0
+    for m in (plain, refined):
+        assert 0.0 <= m["top1"] <= m["top5"] <= 1.0 and -1.0 <= m["mean_own"] <= 1.0
+    assert f"{names[0]} +refine 2" in (out / "report.md").read_text()

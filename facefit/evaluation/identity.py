@@ -341,7 +341,7 @@ def evaluate_identity(
     eval_net = get_net(cfg.eval_net)
     recs = {}
     for name, path in checkpoints.items():
-        recs[name] = Reconstructor(path, model, device, cfg.detector)
+        recs[name] = Reconstructor(path, model, device, cfg.detector, refine=cfg.refine)
     kinds = [(r.encoder.crop, int(r.encoder.input_size)) for r in recs.values()]
     photos = load_photos(photo_dir, eval_net, kinds, cfg, progress, rows=rows)
     if len(set(photos.labels.tolist())) < 2:
@@ -349,30 +349,27 @@ def evaluate_identity(
     same, diff = pair_similarities(photos.embeddings, photos.labels)
 
     results_ck, coeffs = {}, {}
+
+    def score(row: str, rec, shape, color, checkpoint: dict) -> None:
+        """Render one row's predictions frontally and judge them with the evaluation network."""
+        rend = render_frontal(rec.model, shape, color, crop=eval_net.crop, crop_size=int(eval_net.input_size),
+                              render_size=cfg.render_size)
+        m = _evaluate_renders(row, embed_crops(eval_net, rend["crops"]), photos, same, diff)
+        m["checkpoint"] = checkpoint
+        results_ck[row] = m
+        coeffs[row] = (shape, color, rend["crops"][: max(cfg.examples * 4, 1)])
+
     first_model = None
     for k, (name, rec) in enumerate(recs.items()):
         crops = photos.crops[(rec.encoder.crop, int(rec.encoder.input_size))]
-        feats = rec.encode(crops)
-        shape, color = rec.decode(feats)
-        rend = render_frontal(rec.model, shape, color, crop=eval_net.crop, crop_size=int(eval_net.input_size),
-                              render_size=cfg.render_size)
-        emb = embed_crops(eval_net, rend["crops"])
-        m = _evaluate_renders(name, emb, photos, same, diff)
-        m["checkpoint"] = infos[name]
-        results_ck[name] = m
-        coeffs[name] = (shape, color, rend["crops"][: max(cfg.examples * 4, 1)])
+        shape, color = rec.decode(rec.encode(crops))
+        score(name, rec, shape, color, infos[name])
         if cfg.refine:  # the same predictions after per-photo identity refinement
-            rname = f"{name} +refine {cfg.refine}"
-            rec.refine_settings.steps = int(cfg.refine)
             rs, rcol, refs = rec.refine(crops, shape, color)
-            rend_r = render_frontal(rec.model, rs, rcol, crop=eval_net.crop, crop_size=int(eval_net.input_size),
-                                    render_size=cfg.render_size)
-            mr = _evaluate_renders(rname, embed_crops(eval_net, rend_r["crops"]), photos, same, diff)
-            mr["checkpoint"] = {**infos[name], "refine_steps": int(cfg.refine),
-                                "train_net_identity_before": float(np.mean([r["identity_before"] for r in refs])),
-                                "train_net_identity_after": float(np.mean([r["identity_after"] for r in refs]))}
-            results_ck[rname] = mr
-            coeffs[rname] = (rs, rcol, rend_r["crops"][: max(cfg.examples * 4, 1)])
+            score(f"{name} +refine {cfg.refine}", rec, rs, rcol,
+                  {**infos[name], "refine_steps": int(cfg.refine),
+                   "train_net_identity_before": float(np.mean([r["identity_before"] for r in refs])),
+                   "train_net_identity_after": float(np.mean([r["identity_after"] for r in refs]))})
         if first_model is None:
             first_model = rec.model
         if progress:
