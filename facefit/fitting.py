@@ -341,18 +341,18 @@ def _check_spread(lm: torch.Tensor, single: bool) -> None:
     bad = (rms < MIN_LANDMARK_SPREAD_PX) | (aspect < MIN_LANDMARK_ASPECT)
     if not bool(bad.any()):
         return
-    for i in torch.nonzero(bad).flatten().tolist()[:1]:  # name the first bad photo
-        who = "" if single else f" of photo {i}"
-        if float(rms[i]) < MIN_LANDMARK_SPREAD_PX:
-            raise FacefitError(
-                f"landmarks{who} are degenerate: the 68 points lie within {float(rms[i]):.3g} px (RMS) of "
-                f"their centroid (need >= {MIN_LANDMARK_SPREAD_PX:g} px); pass detected face landmarks in pixels"
-            )
-        if float(aspect[i]) < MIN_LANDMARK_ASPECT:
-            raise FacefitError(
-                f"landmarks{who} are degenerate: the 68 points lie (nearly) on one line "
-                f"(minor/major spread {float(aspect[i]):.3g}, need >= {MIN_LANDMARK_ASPECT:g})"
-            )
+    i = int(torch.nonzero(bad)[0, 0])  # name the first bad photo
+    who = "" if single else f" of photo {i}"
+    if float(rms[i]) < MIN_LANDMARK_SPREAD_PX:
+        raise FacefitError(
+            f"landmarks{who} are degenerate: the 68 points lie within {float(rms[i]):.3g} px (RMS) of "
+            f"their centroid (need >= {MIN_LANDMARK_SPREAD_PX:g} px); pass detected face landmarks in pixels"
+        )
+    if float(aspect[i]) < MIN_LANDMARK_ASPECT:
+        raise FacefitError(
+            f"landmarks{who} are degenerate: the 68 points lie (nearly) on one line "
+            f"(minor/major spread {float(aspect[i]):.3g}, need >= {MIN_LANDMARK_ASPECT:g})"
+        )
 
 
 def _image_sizes(image_size, B: int, device) -> torch.Tensor:

@@ -450,23 +450,19 @@ def _save_glb(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     # Viewers show baseColorFactor x baseColorTexture x COLOR_0 (glTF 2.0, 3.9.2); the
     # default material (no material at all, or trimesh's for UVs without one) is metallic
     # or grey and would darken the colours.
-    if mesh.texture is not None:
+    textured = mesh.texture is not None
+    extra = {}
+    if textured:
         from PIL import Image
 
-        material = trimesh.visual.material.PBRMaterial(
-            name=_MATERIAL_NAME,
-            baseColorTexture=Image.fromarray(mesh.texture, "RGB"),
-            baseColorFactor=[1.0, 1.0, 1.0, 1.0],
-            metallicFactor=0.0,
-            roughnessFactor=1.0,
-        )
-    else:
-        material = trimesh.visual.material.PBRMaterial(
-            name=_VERTEX_COLOR_MATERIAL,
-            baseColorFactor=[1.0, 1.0, 1.0, 1.0],
-            metallicFactor=0.0,
-            roughnessFactor=1.0,
-        )
+        extra["baseColorTexture"] = Image.fromarray(mesh.texture, "RGB")
+    material = trimesh.visual.material.PBRMaterial(
+        name=_MATERIAL_NAME if textured else _VERTEX_COLOR_MATERIAL,
+        baseColorFactor=[1.0, 1.0, 1.0, 1.0],
+        metallicFactor=0.0,
+        roughnessFactor=1.0,
+        **extra,
+    )
     tm.visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
     if rgba is not None:
         per_vertex = rgba if ids is None else rgba[ids]
