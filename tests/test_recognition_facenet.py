@@ -1,4 +1,6 @@
-"""FaceNet wrapper: offline weight loading, interface and gradients (random weights)."""
+"""FaceNet wrapper with user-supplied (VGGFace2-shaped) state dicts: offline weight loading,
+interface and gradients (random weights). The default CASIA-WebFace port is tested in
+test_recognition_facenet_graph.py."""
 
 from __future__ import annotations
 
@@ -85,10 +87,13 @@ def test_weights_from_torch_cache(monkeypatch, tmp_path, random_weights):
         resolve_facenet_weights()
     assert str(expected) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ModelNotFoundError):
-        FaceNet()
+        FaceNet(weights="vggface2")  # the default, FaceNet(), is the CASIA-WebFace model
     expected.parent.mkdir(parents=True)
     expected.symlink_to(random_weights)
     assert resolve_facenet_weights() == expected
+    net = FaceNet(weights="vggface2")
+    assert net.weights == str(expected)
+    torch.testing.assert_close(net.net.last_bn.bias, torch.load(random_weights, weights_only=True)["last_bn.bias"])
 
 
 def test_bad_weight_files(tmp_path):
