@@ -54,6 +54,10 @@ def test_loads_state_dict(model, random_weights):
         assert torch.equal(v, saved[k]), k
     assert model.name == "facenet" and model.input_size == 160 and model.crop == "facenet_160"
     assert model.feature_dim == 512 and model.embedding_dim == 512 and model.differentiable
+    # photo caches of features are keyed by the weights too (not only the name "facenet")
+    from facefit.recognition.base import file_sha256
+
+    assert model.cache_tag.startswith("state-" + file_sha256(random_weights)[:16])
 
 
 def test_outputs_and_gradients(model):

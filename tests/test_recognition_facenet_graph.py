@@ -136,6 +136,7 @@ def test_not_a_graph_is_refused(tmp_path):
 def test_default_facenet_is_casia_and_differentiable(net, crops, monkeypatch):
     monkeypatch.delenv("FACEFIT_FACENET_WEIGHTS", raising=False)
     assert net.weights == "casia-webface" and net.standardization == "fixed"
+    assert net.cache_tag.startswith("casia-webface-" + FACENET_GRAPH_SHA256[:16])
     x = crops[:2].clone().double().requires_grad_(True)
     emb = net.embed(x)
     assert emb.dtype == torch.float32 and emb.shape == (2, 512)

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidFileError, ModelNotFoundError
-from .base import RecognitionNet
+from .base import RecognitionNet, file_sha256
 
 FACENET_VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 FACENET_VGGFACE2_URL = (
@@ -223,6 +223,11 @@ class FaceNet(RecognitionNet):
       normalisation (``InceptionResnetV1/Bottleneck/BatchNorm/Reshape_1`` in the graph).
     - :meth:`embed`: the same, L2-normalised (the graph's ``embeddings``).
 
+    Attributes:
+        weights: ``"casia-webface"``, the state-dict path, or ``"random"``.
+        cache_tag: weights checksum, standardisation and crop margin, for cache keys of
+            derived data (facefit.photo_cache).
+
     Args:
         weights: see above.
         standardization: input normalisation, ``"fixed"`` ((255 x - 127.5) / 128, what
@@ -252,16 +257,24 @@ class FaceNet(RecognitionNet):
         if weights is None or weights is True:
             weights = os.environ.get(FACENET_WEIGHTS_ENV) or CASIA
         if weights == CASIA:
-            from .facenet_graph import facenet_casia_state
+            from .facenet_graph import facenet_casia_state, facenet_graph_path
 
             state = facenet_casia_state(model_state=self.net.state_dict())
             self.weights = CASIA
+            digest = file_sha256(facenet_graph_path())
         elif weights is not False:  # find and read the weights before building the model
             path = find_vggface2_weights() if weights == VGGFACE2 else resolve_facenet_weights(weights)
             state = load_facenet_state(path)
             self.weights = str(path)
+            digest = file_sha256(path)
         else:
             self.weights = "random"
+            digest = "random"
+        # identifies what the features depend on beyond name/crop/size (photo-cache key)
+        from ..faces.alignment import FACENET_MARGIN
+
+        self.cache_tag = (f"{'casia-webface' if weights == CASIA else 'state'}-{digest[:16]}/"
+                          f"{standardization}/margin={FACENET_MARGIN}")
         if state is not None:
             try:
                 self.net.load_state_dict(state)
