@@ -1,13 +1,14 @@
 """Recognition networks on real faces: detection rate, same/different-person similarity,
 verification ROC AUC and time per face, on a labelled folder (default ../shared/data/faces-dev).
 
-Usage:  .venv/bin/python benchmarks/bench_recognition.py [FOLDER] [--nets dlib,sface,facenet]
+Usage:  .venv/bin/python benchmarks/bench_recognition.py [FOLDER] [--nets dlib,facenet,sface]
 Prints JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from facefit.recognition.registry import get_net  # noqa: E402
 
 def evaluate(folder, nets=("dlib", "sface", "facenet"), detector="dlib", per_person=None):
     rows = list_labelled(folder, per_person=per_person)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # timings depend on it
     t0 = time.perf_counter()
     photos = detect_labelled(rows, detector=detector)
     t_det = (time.perf_counter() - t0) / len(rows)
@@ -38,6 +40,8 @@ def evaluate(folder, nets=("dlib", "sface", "facenet"), detector="dlib", per_per
         "detected": len(ok),
         "detection_rate": len(ok) / len(rows),
         "detect_s_per_photo": round(t_det, 4),
+        "load_average_1min_at_start": None if load is None else round(load, 2),
+        "cpu_count": os.cpu_count(),
         "nets": {},
     }
     labels = [p.identity for p in ok]
@@ -74,7 +78,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     default = (shared_dir() or Path("shared")) / "data" / "faces-dev"
     ap.add_argument("folder", nargs="?", default=str(default))
-    ap.add_argument("--nets", default="dlib,sface,facenet")
+    ap.add_argument("--nets", default="dlib,facenet,sface")
     ap.add_argument("--detector", default="dlib")
     args = ap.parse_args()
     print(json.dumps(evaluate(args.folder, args.nets.split(","), args.detector), indent=2))

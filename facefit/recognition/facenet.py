@@ -211,7 +211,7 @@ class FaceNet(RecognitionNet):
       (:func:`~facefit.recognition.facenet_graph.facenet_casia_state`); same as
       ``"casia-webface"``;
     - ``"vggface2"``: facenet_pytorch's VGGFace2 file from its download cache (see
-      :func:`resolve_facenet_weights`); a path: that state dict (VGGFace2 or any other
+      :func:`find_vggface2_weights`); a path: that state dict (VGGFace2 or any other
       ``InceptionResnetV1`` state dict);
     - ``False``: random weights (tests).
 
