@@ -81,6 +81,9 @@ def test_outputs_and_gradients(model):
 def test_weights_from_env(monkeypatch, random_weights):
     monkeypatch.setenv("FACEFIT_FACENET_WEIGHTS", str(random_weights))
     assert resolve_facenet_weights() == random_weights
+    # the variable replaces the default (CASIA-WebFace) weights when none are given
+    net = FaceNet()
+    assert net.weights == str(random_weights) and net.cache_tag.startswith("state-")
 
 
 def test_weights_from_torch_cache(monkeypatch, tmp_path, random_weights):
