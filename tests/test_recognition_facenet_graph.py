@@ -156,3 +156,37 @@ def test_default_facenet_is_casia_and_differentiable(net, crops, monkeypatch):
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     # get_net builds the same network (through the cache folder the fixture filled)
     assert isinstance(get_net("facenet"), FaceNet) and get_net("facenet").weights == "casia-webface"
+
+
+def test_graph_reader_decodes_value_lists():
+    """Const values given as typed lists (not tensor_content): one value fills the shape."""
+    from facefit.recognition.tf_graph import _graph_def_class
+
+    g = _graph_def_class()()
+    n = g.node.add(name="c", op="Const")
+    e = n.attr.add(key="value")
+    e.value.tensor.dtype = 1  # DT_FLOAT
+    e.value.tensor.tensor_shape.dim.add(size=2)
+    e.value.tensor.tensor_shape.dim.add(size=3)
+    e.value.tensor.float_val.append(0.5)
+    k = g.node.add(name="k", op="Const")
+    e = k.attr.add(key="value")
+    e.value.tensor.dtype = 3  # DT_INT32
+    e.value.tensor.tensor_shape.dim.add(size=2)
+    e.value.tensor.int_val.extend([1, -1])
+    r = g.node.add(name="r", op="Reshape", input=["c", "k"])
+    r.attr.add(key="T").value.type = 1
+    r.attr.add(key="strides").value.list.i.extend([1, 2, 2, 1])
+    r.attr.add(key="padding").value.s = b"SAME"
+    nodes = read_graph_def(data=g.SerializeToString())
+    assert [x.name for x in nodes] == ["c", "k", "r"] and nodes[2].inputs == ["c", "k"]
+    np.testing.assert_array_equal(nodes[0].attrs["value"], np.full((2, 3), 0.5, np.float32))
+    assert nodes[1].attrs["value"].dtype == np.int32 and nodes[1].attrs["value"].tolist() == [1, -1]
+    assert nodes[2].attrs == {"T": 1, "strides": [1, 2, 2, 1], "padding": "SAME"}
+    (out,) = run_graph(nodes, {}, ["r"])
+    assert out.shape == (1, 6)
+    # a value list that does not fit the shape is refused
+    e = g.node[1].attr[0].value.tensor
+    e.int_val.append(3)
+    with pytest.raises(InvalidFileError):
+        read_graph_def(data=g.SerializeToString())
