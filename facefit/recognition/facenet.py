@@ -257,11 +257,11 @@ class FaceNet(RecognitionNet):
         if weights is None or weights is True:
             weights = os.environ.get(FACENET_WEIGHTS_ENV) or CASIA
         if weights == CASIA:
-            from .facenet_graph import facenet_casia_state, facenet_graph_path
+            from .facenet_graph import facenet_casia_state, facenet_graph_path, graph_sha256
 
             state = facenet_casia_state(model_state=self.net.state_dict())
             self.weights = CASIA
-            digest = file_sha256(facenet_graph_path())
+            digest = graph_sha256(facenet_graph_path())
         elif weights is not False:  # find and read the weights before building the model
             path = find_vggface2_weights() if weights == VGGFACE2 else resolve_facenet_weights(weights)
             state = load_facenet_state(path)

@@ -83,6 +83,18 @@ def facenet_graph_path() -> Path:
     )
 
 
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def graph_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a graph file, remembered per (path, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = file_sha256(path)
+    return _SHA_MEMO[key]
+
+
 def _torch_prefix(scope: str, model_keys: set[str], branch_codes: dict[str, list[str]]) -> str:
     """PyTorch module prefix of a TensorFlow conv scope (see the module docstring)."""
     parts = scope[len(_SCOPE_ROOT):].split("/") if scope.startswith(_SCOPE_ROOT) else [scope]
@@ -239,7 +251,7 @@ def facenet_casia_state(
     path = Path(graph) if graph is not None else facenet_graph_path()
     if not path.is_file():
         raise ModelNotFoundError(f"FaceNet graph not found: {path}")
-    source_sha = file_sha256(path)
+    source_sha = graph_sha256(path)
     cache_file = None
     if use_cache:
         try:
