@@ -37,7 +37,8 @@ import numpy as np
 
 from facefit.errors import FacefitError, ModelNotFoundError
 
-__all__ = ["PARTS", "KEPT_VERTICES", "ATLAS", "head_model_for", "atlas_uv", "skin_tone", "head_colors",
+__all__ = ["PARTS", "KEPT_VERTICES", "ATLAS", "head_model_for", "atlas_uv", "skin_tone", "head_colors", "skin_trust",
+           "head_texture_from_photo", "border_distance",
            "head_mesh", "part_of_vertices", "SKIN_PARTS"]
 
 #: ICT-FaceKit parts kept in the head: name -> [start, stop) vertex range.
@@ -385,3 +386,42 @@ def head_mesh(face_model, shape_coeffs, face_colors, meta: dict | None = None, e
                     "skin_tone": [round(float(x), 4) for x in skin]}
     return FaceMesh(verts, np.asarray(head.triangles), colors=colors, uv=np.asarray(head.uv),
                     uv_triangles=np.asarray(head.uv_triangles), meta=info)
+
+
+#: mm from the face area's outer border inside which the photo needs skin colour
+PHOTO_TRUST_MM = 15.0
+
+
+def skin_trust(head) -> np.ndarray:
+    """(V,) photo trust per head vertex for :func:`facefit.avatar.photo.restrict_to_skin`.
+
+    1 on the inner face (face area, above the jaw line, below the brows' top, more than
+    ``PHOTO_TRUST_MM`` along the surface from the face area's outer border), fading to 0
+    over ``PHOTO_TRUST_MM`` outside it (forehead, temples, under the jaw, and all of scalp,
+    ears and neck: photo only where it shows skin); -1 on eyes, teeth, gums and sockets
+    (never the photo).
+    """
+    dist = border_distance(head)
+    trust = np.full(head.n_vertices, -1.0, np.float32)
+    a, b = PARTS["face"][0], PARTS["head_neck"][1]
+    p = np.asarray(head.mean_shape[a:b], np.float64)
+    lm = p[np.asarray(head.landmarks)]
+    jaw = lm[0:17]
+    order = np.argsort(jaw[:, 0])
+    below_jaw = np.interp(p[:, 0], jaw[order, 0], jaw[order, 1]) - p[:, 1]
+    above_brows = p[:, 1] - lm[17:27, 1].max()
+    outside = np.maximum(np.maximum(below_jaw, above_brows), PHOTO_TRUST_MM - dist[a:b])
+    trust[a:b] = np.clip(1.0 - outside / PHOTO_TRUST_MM, 0, 1)
+    return trust
+
+
+def head_texture_from_photo(head, recon, image: np.ndarray):
+    """``recon.mesh`` (a :func:`head_mesh`) with a UV texture from the photo, where it shows skin.
+
+    The landmark fit and visibility are those of ``--texture photo``
+    (:func:`facefit.texturing.texture_from_photo`) on the head model; photo texels off the
+    inner face are kept only where they look like this person's skin.
+    """
+    from facefit.texturing import texture_from_photo
+
+    return texture_from_photo(head, recon, image, skin_trust=skin_trust(head))
