@@ -161,3 +161,59 @@ def test_glb_passes_khronos_validator(avatar_glb):
     assert issues["numErrors"] == 0, issues["messages"][:5]
     assert issues["numWarnings"] == 0, issues["messages"][:5]
     assert report["info"]["morphTargetCount"] if "morphTargetCount" in report.get("info", {}) else True
+
+
+def test_glb_animates_in_a_browser(avatar_glb):
+    """three.js in headless Chromium: jawOpen 0 -> 1 changes the mouth/jaw, not the rest."""
+    from facefit.avatar.browser import find_chromium, render_morph_check, three_installed
+
+    _need_tool(find_chromium() is not None and three_installed(),
+               "chromium (apt-get install chromium chromium-driver) + three (npm install in web/)")
+    out = avatar_glb[0]
+    tree, binary = read_glb(out)
+    prim = tree["meshes"][0]["primitives"][0]
+    names = tree["meshes"][0]["extras"]["targetNames"]
+    pos = accessor_array(tree, binary, prim["attributes"]["POSITION"])
+    d = accessor_array(tree, binary, prim["targets"][names.index("jawOpen")]["POSITION"])
+    moving = np.linalg.norm(d, axis=1) > 0.002  # > 2 mm
+    lo = np.minimum(pos[moving].min(0), (pos + d)[moving].min(0)) - 0.005
+    hi = np.maximum(pos[moving].max(0), (pos + d)[moving].max(0)) + 0.005
+    res = render_morph_check(out, "jawOpen", [*lo, *hi])
+    assert res["ok"], res.get("error")
+    assert res["targets"] == 55  # three.js read mesh.extras.targetNames
+    assert res["foreground"] > 0.1  # the head is on screen
+    assert res["inside_changed"] > 0.05, res  # the mouth opens
+    assert res["outside_changed"] < 0.005, res  # the rest stays
+
+
+def test_cli_avatar_with_photo_texture(tmp_path, capsys):
+    """`--blendshapes --texture photo`: the head (implied) with a photo texture that keeps
+    the astronaut's black collar off the neck, 55 named targets, a valid GLB."""
+    from facefit.avatar.head import PARTS
+    from facefit.cli import main
+    from facefit.mesh_io import load_mesh
+    from facefit.turntable import texture_vertex_colors
+
+    example = ROOT / "examples" / "astronaut.png"
+    out = tmp_path / "astro.glb"
+    assert main(["reconstruct", str(example), "-o", str(out), "--blendshapes", "--texture", "photo"]) == 0
+    tree, _ = read_glb(out)
+    assert len(tree["meshes"][0]["extras"]["targetNames"]) == 55 and tree.get("images")
+    m = load_mesh(out)
+    assert m.num_vertices == 24591 and m.texture is not None
+    c = texture_vertex_colors(m)
+    lum = c @ np.array([0.299, 0.587, 0.114])
+    v = m.vertices
+    a, b = PARTS["head_neck"]
+    chin_y = v[:9409][np.argmin(v[:9409, 1])][1]
+    neck = np.arange(a, b)[(v[a:b, 2] > 0) & (v[a:b, 1] < chin_y - 10)]  # the front of the neck
+    cheeks = np.nonzero((np.abs(v[:9409, 0]) > 25) & (np.abs(v[:9409, 0]) < 45)
+                        & (np.abs(v[:9409, 1] - v[:9409, 1].mean()) < 15) & (v[:9409, 2] > 60))[0]
+    assert len(neck) > 50 and len(cheeks) > 50
+    # the collar is black (luminance ~0.05): the neck keeps the skin's lightness and hue
+    assert np.percentile(lum[neck], 5) > 0.5 * np.median(lum[cheeks])
+    med = np.median(c[neck], 0)
+    assert med[0] > med[1] > med[2]
+    # a plain mesh format cannot carry blend shapes: one line, exit 1
+    assert main(["reconstruct", str(example), "-o", str(tmp_path / "x.obj"), "--blendshapes"]) == 1
+    assert "glb" in capsys.readouterr().err
