@@ -315,7 +315,8 @@ def _smoothstep(x):
 def _hair_weight(head, points: np.ndarray, colors: np.ndarray, skin: np.ndarray, iters: int = 6) -> np.ndarray:
     """(Vf,) in [0, 1]: how much a face-area vertex looks like hair rather than skin.
 
-    Darker than the skin tone (luminance deficit over 35 % of the skin's = 1) AND on the
+    Darker than the skin tone (luminance deficit over 35 % of the skin's = 1) or greyer
+    (its red - blue warmth under half the skin's = 1) AND on the
     forehead above the brows or on the temples/sideburns (outside the outer eye corners,
     above the mouth) or under the jaw line (photos shade it); smoothed over the surface. Dark brows, beards and lips are not
     touched. This removes the dark hairline band that the albedo model learned from photos
@@ -324,6 +325,10 @@ def _hair_weight(head, points: np.ndarray, colors: np.ndarray, skin: np.ndarray,
     lum = np.array([0.299, 0.587, 0.114], np.float32)
     L, Ls = colors @ lum, float(skin @ lum)
     deficit = np.clip((Ls - L) / (0.35 * max(Ls, 1e-3)), 0, 1)
+    # greyish (less warm than the skin: red - blue) counts too: grey or blond hair, shadows
+    warmth, skin_warmth = colors[:, 0] - colors[:, 2], float(skin[0] - skin[2])
+    if skin_warmth > 0.02:
+        deficit = np.maximum(deficit, np.clip((skin_warmth - warmth) / (0.5 * skin_warmth), 0, 1))
     lm = points[np.asarray(head.landmarks)]
     brow_top = lm[17:27, 1].max()
     eye_x = np.abs(lm[[36, 45], 0]).max()
@@ -395,7 +400,8 @@ PHOTO_TRUST_MM = 15.0
 def skin_trust(head) -> np.ndarray:
     """(V,) photo trust per head vertex for :func:`facefit.avatar.photo.restrict_to_skin`.
 
-    1 on the inner face (face area, above the jaw line, below the brows' top, more than
+    1 on the inner face (face area, above the jaw line, below the brows' top, not on the
+    temples (beyond the outer eye corners, above the mouth), more than
     ``PHOTO_TRUST_MM`` along the surface from the face area's outer border), fading to 0
     over ``PHOTO_TRUST_MM`` outside it (forehead, temples, under the jaw, and all of scalp,
     ears and neck: photo only where it shows skin); -1 on eyes, teeth, gums and sockets
@@ -410,7 +416,9 @@ def skin_trust(head) -> np.ndarray:
     order = np.argsort(jaw[:, 0])
     below_jaw = np.interp(p[:, 0], jaw[order, 0], jaw[order, 1]) - p[:, 1]
     above_brows = p[:, 1] - lm[17:27, 1].max()
-    outside = np.maximum(np.maximum(below_jaw, above_brows), PHOTO_TRUST_MM - dist[a:b])
+    # temples / sideburns: outside the outer eye corners, above the mouth
+    temple = np.where(p[:, 1] > lm[48:68, 1].mean(), np.abs(p[:, 0]) - np.abs(lm[[36, 45], 0]).max() - 5.0, -np.inf)
+    outside = np.maximum.reduce([below_jaw, above_brows, temple, PHOTO_TRUST_MM - dist[a:b]])
     trust[a:b] = np.clip(1.0 - outside / PHOTO_TRUST_MM, 0, 1)
     return trust
 
