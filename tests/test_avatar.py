@@ -214,6 +214,43 @@ def test_cli_avatar_with_photo_texture(tmp_path, capsys):
     assert np.percentile(lum[neck], 5) > 0.5 * np.median(lum[cheeks])
     med = np.median(c[neck], 0)
     assert med[0] > med[1] > med[2]
+    node = shutil.which("node")
+    if node is not None and (WEB / "node_modules" / "gltf-validator").is_dir():  # textured avatar GLB
+        report = json.loads(subprocess.run([node, str(WEB / "validate.mjs"), str(out)], capture_output=True,
+                                           text=True, timeout=120, check=True).stdout)
+        assert report["issues"]["numErrors"] == 0, report["issues"]["messages"][:5]
     # a plain mesh format cannot carry blend shapes: one line, exit 1
     assert main(["reconstruct", str(example), "-o", str(tmp_path / "x.obj"), "--blendshapes"]) == 1
     assert "glb" in capsys.readouterr().err
+
+
+def test_pca_expressions_are_numbered(tmp_path):
+    """A PCA expression basis (BFM, FLAME) -> expression_000...; a GLB of a tiny mesh validates."""
+    from facefit.avatar.rig import morph_targets
+    from facefit.mesh_io import FaceMesh
+    from facefit.morphable import MorphableModel
+
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((6, 3)).astype(np.float32) * 10
+    tri = np.array([[0, 1, 2], [2, 3, 0], [3, 4, 5]])
+    m = MorphableModel("tiny", v, tri, shape_basis=rng.standard_normal((6, 3, 2)),
+                       expr_basis=rng.standard_normal((6, 3, 3)), expr_std=np.array([3.0, 2.0, 1.0]),
+                       meta={"expr_model_kind": "pca"})
+    mt = morph_targets(m)
+    assert mt.names == ["expression_000", "expression_001", "expression_002"] and mt.kind == "pca"
+    assert np.allclose(mt.offsets[1], m.expr_basis[:, :, 1] * m.expr_std[1], atol=1e-5)
+    out = tmp_path / "tiny.glb"
+    save_glb_avatar(FaceMesh(v, tri, colors=np.full((6, 3), 0.5)), out, mt.as_dict(), [0.1, 0.0, 0.2])
+    tree, _ = read_glb(out)
+    assert tree["meshes"][0]["weights"] == pytest.approx([0.1, 0.0, 0.2])
+    # bad input: one clear error
+    from facefit.errors import FacefitError
+
+    with pytest.raises(FacefitError, match="must be"):
+        save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", {"a": np.zeros((5, 3))})
+    with pytest.raises(FacefitError, match="unknown morph target"):
+        save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", mt.as_dict(), {"nope": 1.0})
+    with pytest.raises(FacefitError, match="strictly increasing"):
+        save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", mt.as_dict(),
+                        animation=AvatarAnimation(times=np.array([0.0, 0.0]), weights=np.zeros((2, 3))))
+    assert not (tmp_path / "bad.glb").exists()
