@@ -263,4 +263,10 @@ def test_pca_expressions_are_numbered(tmp_path):
     with pytest.raises(FacefitError, match="strictly increasing"):
         save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", mt.as_dict(),
                         animation=AvatarAnimation(times=np.array([0.0, 0.0]), weights=np.zeros((2, 3))))
+    with pytest.raises(FacefitError, match="finite"):
+        save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", mt.as_dict(), [np.nan, 0, 0])
     assert not (tmp_path / "bad.glb").exists()
+    from facefit.avatar.head import head_model_for
+
+    with pytest.raises(FacefitError, match="ICT-FaceKit"):
+        head_model_for(m)  # only ICT-FaceKit has a head here
