@@ -42,12 +42,6 @@ class RefineSettings:
         anchor: weight of ``mean((s - s0)^2)``: a pull of the shape towards the
             regressor's prediction ``s0`` (the colour is free).
         shape_lr: the shape's step size relative to ``lr`` (1: the same as the colour).
-        landmarks: weight of the landmark term: the 68 landmark vertices of the refined
-            shape, placed with the pose, focal length and expression fitted to the photo's
-            detected landmarks (:func:`facefit.fitting.fit_landmarks`, shape fixed at the
-            prediction), must still project onto those landmarks (robust, in units of the
-            face size; the jaw line at half weight). Needs the photos' landmarks; faces
-            without them (a fused face) get no landmark term.
         render_size: side of the renders the crops are cut from (px).
         yaw_range, pitch_range, roll_range: pose ranges of the views (degrees).
         batch: faces optimised together (memory bound; results do not depend on it).
@@ -60,7 +54,6 @@ class RefineSettings:
     prior: float = 1e-3
     anchor: float = 0.0
     shape_lr: float = 1.0
-    landmarks: float = 0.0
     render_size: int = 160
     yaw_range: tuple = (-30.0, 30.0)
     pitch_range: tuple = (-15.0, 15.0)
@@ -77,7 +70,7 @@ class RefineSettings:
             raise FacefitError(f"refine lr must be > 0, got {self.lr}")
         if int(self.batch) < 1:
             raise FacefitError(f"refine batch must be >= 1, got {self.batch}")
-        for k in ("prior", "anchor", "shape_lr", "landmarks"):
+        for k in ("prior", "anchor", "shape_lr"):
             v = float(getattr(self, k))
             if not (v >= 0 and np.isfinite(v)):
                 raise FacefitError(f"refine {k} must be a finite number >= 0, got {getattr(self, k)}")
@@ -97,8 +90,6 @@ def refine_identity(
     color,
     settings: Optional[RefineSettings] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
-    landmarks68=None,
-    image_sizes=None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Refine coefficients so that renders look like the photos to ``net``.
 
@@ -111,10 +102,6 @@ def refine_identity(
         shape: (N, Ks) and color: (N, Kc) starting coefficients (the regressor's).
         settings: :class:`RefineSettings` (default settings if None).
         on_step: called with ``(faces done, faces in all)`` after each batch of faces.
-        landmarks68: (N, 68, 2) detected landmarks of the photos (pixels), for the
-            landmark term (``settings.landmarks > 0``); rows of NaN mean "none" (that face
-            gets no landmark term).
-        image_sizes: (N, 2) (H, W) of the photos, with ``landmarks68``.
     Returns:
         ``(shape (N, Ks), color (N, Kc), info)`` as float32 numpy; ``info`` holds
         ``identity_before`` / ``identity_after`` ((N,) mean cosine of each face's views
@@ -144,9 +131,6 @@ def refine_identity(
     )
     V = int(cfg.views)
     s_out, c_out = s_all.clone(), c_all.clone()
-    lmk = None
-    if float(cfg.landmarks) > 0 and landmarks68 is not None:
-        lmk = _landmark_setup(model, landmarks68, image_sizes, s_all, dev)
     was_training = net.training
     net.eval()
     grads = [p.requires_grad for p in net.parameters()]
@@ -171,7 +155,6 @@ def refine_identity(
                     bgs.append(random_backgrounds(V, syn.render_size, g, syn.background_noise, device=dev))
                 p = _cat_params(params)
                 verts, cols = model.decode(s, c, clamp_colors=True)
-                neutral = verts
                 verts = verts.repeat_interleave(V, 0)
                 cols = cols.repeat_interleave(V, 0)
                 rc = render_crops(model, verts, cols, p, syn, background=torch.cat(bgs))
@@ -180,8 +163,6 @@ def refine_identity(
                 loss = (1.0 - cos).sum() + float(cfg.prior) * (s.pow(2).mean(1) + c.pow(2).mean(1)).sum()
                 if cfg.anchor:
                     loss = loss + float(cfg.anchor) * (s - s0).pow(2).mean(1).sum()
-                if lmk is not None:
-                    loss = loss + float(cfg.landmarks) * _landmark_term(model, neutral, lmk, slice(a, b)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 keep_s, keep_c = s.detach().clone(), c.detach().clone()
@@ -209,72 +190,9 @@ def refine_identity(
             p.requires_grad_(r)
         net.train(was_training)
     info = {"steps": int(cfg.steps), "views": V, "lr": float(cfg.lr), "prior": float(cfg.prior), "seed": int(cfg.seed),
-            "anchor": float(cfg.anchor), "shape_lr": float(cfg.shape_lr), "landmarks": float(cfg.landmarks),
+            "anchor": float(cfg.anchor), "shape_lr": float(cfg.shape_lr),
             "identity_before": before, "identity_after": after}
     return s_out.cpu().numpy(), c_out.cpu().numpy(), info
-
-
-#: Robust scale of the landmark term (fraction of the face size) and its noise level.
-_LM_ROBUST = 0.15
-_LM_SIGMA = 0.05
-
-
-def _landmark_setup(model, landmarks68, image_sizes, shapes: torch.Tensor, dev) -> dict:
-    """Fit pose, focal length and expression to each photo's landmarks with the predicted
-    shape held fixed; return what :func:`_landmark_term` needs (tensors on ``dev``)."""
-    from .fitting import JAW, fit_landmarks
-
-    if image_sizes is None:
-        raise FacefitError("refine: landmarks need the photos' image sizes")
-    lm = torch.as_tensor(np.asarray(landmarks68, np.float64), dtype=torch.float32)
-    sizes = torch.as_tensor(np.asarray(image_sizes, np.int64))
-    n = len(shapes)
-    if lm.shape != (n, 68, 2) or sizes.shape != (n, 2):
-        raise FacefitError(f"refine: landmarks must be ({n}, 68, 2) with sizes ({n}, 2), got {tuple(lm.shape)}, {tuple(sizes.shape)}")
-    ok = torch.isfinite(lm).all(-1).all(-1)
-    Ke = model.n_expr
-    out = {"ok": ok.to(dev), "lm": torch.nan_to_num(lm).to(dev), "R_cam": torch.eye(3).repeat(n, 1, 1).to(dev),
-           "t": torch.zeros(n, 3, device=dev), "f": torch.ones(n, device=dev), "cx": torch.zeros(n, device=dev),
-           "cy": torch.zeros(n, device=dev), "scale": torch.ones(n, device=dev),
-           "vidx": torch.tensor(np.array(model.landmarks), dtype=torch.int64).repeat(n, 1).to(dev),
-           "expr": torch.zeros(n, 68, 3, device=dev)}
-    idx = torch.nonzero(ok).flatten()
-    if len(idx):
-        fr = fit_landmarks(model, lm[idx], sizes[idx], fit_shape=False, fit_expression=True,
-                           init=shapes[idx].detach().cpu(), steps=100, return_verts=False)
-        out["R_cam"][idx] = fr.R_cam.to(dev)
-        out["t"][idx] = fr.t.to(dev)
-        out["f"][idx] = fr.focal.to(dev)
-        out["cx"][idx], out["cy"][idx] = fr.cx.to(dev), fr.cy.to(dev)
-        out["scale"][idx] = fr.face_scale_px.to(dev)
-        vidx = fr.landmark_vertices.to(dev)
-        out["vidx"][idx] = vidx
-        if Ke:
-            eb = torch.as_tensor(np.asarray(model.expr_basis) * np.asarray(model.expr_std), dtype=torch.float32)  # (V, 3, Ke)
-            e = fr.expr_coeffs.cpu().float()  # (k, Ke)
-            offs = torch.einsum("kjdc,kc->kjd", eb[vidx.cpu()], e)
-            out["expr"][idx] = offs.to(dev)
-    w = torch.ones(68, device=dev)
-    w[list(JAW)] = 0.5
-    out["w"] = w
-    return out
-
-
-def _landmark_term(model, verts: torch.Tensor, lmk: dict, rows: slice) -> torch.Tensor:
-    """(m,) robust landmark reprojection error of ``verts`` (m, V, 3) in the photos' fitted
-    cameras (Geman-McClure in units of the face size, divided by 2 sigma^2)."""
-    m = verts.shape[0]
-    vidx = lmk["vidx"][rows]
-    X = verts.gather(1, vidx.unsqueeze(-1).expand(m, 68, 3)) + lmk["expr"][rows]
-    Xc = torch.matmul(X, lmk["R_cam"][rows].transpose(1, 2)) + lmk["t"][rows].unsqueeze(1)
-    z = Xc[..., 2].clamp_min(1e-3)
-    f = lmk["f"][rows].unsqueeze(1)
-    uv = torch.stack([f * Xc[..., 0] / z + lmk["cx"][rows].unsqueeze(1), f * Xc[..., 1] / z + lmk["cy"][rows].unsqueeze(1)], -1)
-    r2 = ((uv - lmk["lm"][rows]) ** 2).sum(-1) / lmk["scale"][rows].unsqueeze(1) ** 2
-    c2 = _LM_ROBUST**2
-    rho = r2 * c2 / (r2 + c2)
-    term = (lmk["w"] * rho).sum(1) / lmk["w"].sum() / (2 * _LM_SIGMA**2)
-    return term * lmk["ok"][rows].to(term)
 
 
 def _view_seed(seed: int, face: int, step: int) -> int:

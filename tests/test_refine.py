@@ -87,37 +87,6 @@ def test_geometry_guards_shape_lr_and_anchor(rec, photo):
     s_anch, _, info = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base, anchor=200.0))
     assert np.abs(s_anch - shape).mean() < 0.7 * np.abs(s_free - shape).mean()
     assert info["anchor"] == 200.0
-    for bad in ({"anchor": -1.0}, {"shape_lr": float("nan")}, {"landmarks": -0.5}):
+    for bad in ({"anchor": -1.0}, {"shape_lr": float("nan")}):
         with pytest.raises(FacefitError, match="finite number >= 0"):
             RefineSettings(**bad)
-
-
-def test_landmark_term_prefers_the_true_shape(rec):
-    """The landmark term (pose + expression fitted to the photo's landmarks, shape free) is
-    small for the shape that made the landmarks and grows when the shape is wrong."""
-    from facefit.evaluation.synthetic import SyntheticEvalConfig, make_synthetic_faces
-    from facefit.refine import _landmark_setup, _landmark_term
-
-    model = rec.model
-    f = make_synthetic_faces(model, SyntheticEvalConfig(n=2, seed=3, image_size=192))
-    true = torch.as_tensor(f.shape_coeffs)
-    g = torch.Generator().manual_seed(0)
-    wrong = true.clone()
-    wrong[:, :10] += 1.5 * torch.randn(2, 10, generator=g)
-    sizes = np.tile(np.array([192, 192]), (2, 1))
-    # the landmarks are exact (projected vertices), so the fit starts from the true shape
-    lmk = _landmark_setup(model, f.landmarks, sizes, true, torch.device("cpu"))
-    with torch.no_grad():
-        vt, _ = model.decode(true, torch.zeros(2, model.n_color))
-        vw, _ = model.decode(wrong, torch.zeros(2, model.n_color))
-        t_true = _landmark_term(model, vt, lmk, slice(0, 2))
-        t_wrong = _landmark_term(model, vw, lmk, slice(0, 2))
-    assert t_true.shape == (2,) and bool(torch.isfinite(t_true).all())
-    assert bool((t_wrong > 3 * t_true).all()), (t_true, t_wrong)
-    # a face without landmarks (NaN rows) gets no landmark term
-    lm = f.landmarks.copy()
-    lm[1] = np.nan
-    lmk2 = _landmark_setup(model, lm, sizes, true, torch.device("cpu"))
-    with torch.no_grad():
-        t2 = _landmark_term(model, vw, lmk2, slice(0, 2))
-    assert float(t2[1]) == 0.0 and float(t2[0]) > 0
