@@ -140,6 +140,11 @@ def synthetic_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Morphable model name or path (default: the checkpoint's)."),
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    appearance: str = typer.Option("model", "--appearance", help="'model' (colour model + lighting as in training), "
+                                   "'unseen' (flat skin tones, one close light, other light colours: never used in "
+                                   "training) or 'both' (two reports, OUT/model and OUT/unseen; same faces and poses)."),
+    refine: int = typer.Option(0, "--refine", min=0, max=1000, help="Also score facefit + this many identity-refinement "
+                               "steps (reconstruct --refine) as an extra method row."),
 ):
     """Geometric error on rendered model samples with exact ground truth, with mean-face and landmark-fit baselines."""
     from .evaluation.synthetic import (
@@ -149,16 +154,25 @@ def synthetic_cmd(
         write_synthetic_report,
     )
 
+    from .evaluation.appearance import APPEARANCES
+
     _check_detector(detector)
+    if appearance not in APPEARANCES + ("both",):
+        raise FacefitError(f"--appearance must be one of {', '.join(APPEARANCES + ('both',))}, got '{appearance}'")
     _check_out(out)
-    cfg = SyntheticEvalConfig(n=n, seed=seed, expression=expression, image_size=size, radius=radius,
-                              fit_steps=fit_steps, detector=detector)
+    runs = list(APPEARANCES) if appearance == "both" else [appearance]
     rec = _reconstructor(checkpoint, model, device, detector)
-    with _progress() as prog:
-        res = evaluate_synthetic(rec, cfg, prog)
-    paths = write_synthetic_report(res, out, model=rec.model)
-    print_synthetic_summary(res)
-    _echo_outputs(out, paths)
+    for app in runs:
+        cfg = SyntheticEvalConfig(n=n, seed=seed, expression=expression, image_size=size, radius=radius,
+                                  fit_steps=fit_steps, detector=detector, appearance=app, refine=refine)
+        dest = out / app if len(runs) > 1 else out
+        if len(runs) > 1:
+            _check_out(dest)
+        with _progress() as prog:
+            res = evaluate_synthetic(rec, cfg, prog)
+        paths = write_synthetic_report(res, dest, model=rec.model)
+        print_synthetic_summary(res)
+        _echo_outputs(dest, paths)
 
 
 # --------------------------------------------------------------------------- identity

@@ -39,6 +39,9 @@ class RefineSettings:
         views: random renders per face and step (the paper's multi-view identity loss).
         lr: Adam step size on the N(0, 1) coefficients.
         prior: weight of ``mean(s^2) + mean(c^2)`` (pull towards the prior's mean).
+        anchor: weight of ``mean((s - s0)^2)``: a pull of the shape towards the
+            regressor's prediction ``s0`` (the colour is free).
+        shape_lr: the shape's step size relative to ``lr`` (1: the same as the colour).
         render_size: side of the renders the crops are cut from (px).
         yaw_range, pitch_range, roll_range: pose ranges of the views (degrees).
         batch: faces optimised together (memory bound; results do not depend on it).
@@ -49,6 +52,8 @@ class RefineSettings:
     views: int = 3
     lr: float = 0.05
     prior: float = 1e-3
+    anchor: float = 0.0
+    shape_lr: float = 1.0
     render_size: int = 160
     yaw_range: tuple = (-30.0, 30.0)
     pitch_range: tuple = (-15.0, 15.0)
@@ -65,6 +70,10 @@ class RefineSettings:
             raise FacefitError(f"refine lr must be > 0, got {self.lr}")
         if int(self.batch) < 1:
             raise FacefitError(f"refine batch must be >= 1, got {self.batch}")
+        for k in ("prior", "anchor", "shape_lr"):
+            v = float(getattr(self, k))
+            if not (v >= 0 and np.isfinite(v)):
+                raise FacefitError(f"refine {k} must be a finite number >= 0, got {getattr(self, k)}")
 
 
 def _embed(net, crops: torch.Tensor) -> torch.Tensor:
@@ -132,7 +141,9 @@ def refine_identity(
             b = min(n, a + int(cfg.batch))
             s = s_all[a:b].clone().requires_grad_(True)
             c = c_all[a:b].clone().requires_grad_(True)
-            opt = torch.optim.Adam([s, c], lr=float(cfg.lr))
+            s0 = s_all[a:b]
+            opt = torch.optim.Adam([{"params": [s], "lr": float(cfg.lr) * float(cfg.shape_lr)},
+                                    {"params": [c], "lr": float(cfg.lr)}])
             m = b - a
             frozen = torch.zeros(m, dtype=torch.bool, device=dev)  # faces whose update went non-finite
             for step in range(int(cfg.steps)):
@@ -150,6 +161,8 @@ def refine_identity(
                 emb = F.normalize(_embed(net, rc["crops"]), dim=-1).view(m, V, -1)
                 cos = (emb * target[a:b, None]).sum(-1).mean(1)  # (m,)
                 loss = (1.0 - cos).sum() + float(cfg.prior) * (s.pow(2).mean(1) + c.pow(2).mean(1)).sum()
+                if cfg.anchor:
+                    loss = loss + float(cfg.anchor) * (s - s0).pow(2).mean(1).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 keep_s, keep_c = s.detach().clone(), c.detach().clone()
@@ -177,6 +190,7 @@ def refine_identity(
             p.requires_grad_(r)
         net.train(was_training)
     info = {"steps": int(cfg.steps), "views": V, "lr": float(cfg.lr), "prior": float(cfg.prior), "seed": int(cfg.seed),
+            "anchor": float(cfg.anchor), "shape_lr": float(cfg.shape_lr),
             "identity_before": before, "identity_after": after}
     return s_out.cpu().numpy(), c_out.cpu().numpy(), info
 

@@ -222,3 +222,71 @@ def test_staging_folders_left_by_a_killed_run_are_removed(tmp_path):
         rep.write({"ok": True})
     assert not old.exists() and fresh.is_dir()
     assert (out / "report.md").is_file()
+
+
+def test_unseen_appearance_same_faces_other_look(model):
+    """--appearance unseen: the same identities and poses for a seed, another look (flat skin
+    tones, another lighting), deterministic on any machine."""
+    from facefit.evaluation.appearance import SKIN_DARK, SKIN_LIGHT
+    from facefit.evaluation.synthetic import SyntheticEvalConfig, make_synthetic_faces
+
+    m = make_synthetic_faces(model, SyntheticEvalConfig(n=3, seed=2, image_size=128))
+    u = make_synthetic_faces(model, SyntheticEvalConfig(n=3, seed=2, image_size=128, appearance="unseen"))
+    u2 = make_synthetic_faces(model, SyntheticEvalConfig(n=3, seed=2, image_size=128, appearance="unseen"))
+    np.testing.assert_array_equal(u.images, u2.images)
+    np.testing.assert_array_equal(m.shape_coeffs, u.shape_coeffs)
+    np.testing.assert_array_equal(m.yaw, u.yaw)
+    np.testing.assert_allclose(m.landmarks, u.landmarks)  # same geometry on screen
+    diff = np.abs(m.images.astype(int) - u.images.astype(int)).mean()
+    assert diff > 5, diff  # but a visibly different face
+    with pytest.raises(FacefitError, match="unknown appearance"):
+        make_synthetic_faces(model, SyntheticEvalConfig(n=1, appearance="cartoon"))
+
+
+def test_unseen_albedo_is_a_skin_tone_with_features():
+    from facefit.evaluation.appearance import SKIN_DARK, SKIN_LIGHT, appearance_generator, feature_pattern, unseen_albedo
+
+    g = appearance_generator(0)
+    verts = torch.randn(4, 500, 3) * 60
+    pattern = torch.ones(500, 1)
+    pattern[:50] = 0.4  # "brows"
+    col = unseen_albedo(verts, g, pattern)
+    assert col.shape == (4, 500, 3) and bool(((col >= 0) & (col <= 1)).all())
+    skin = col[:, 50:]
+    # red > green > blue, as skin; within the tone range (plus the +-6 % variation and the shift)
+    assert bool((skin[..., 0] > skin[..., 1]).all() and (skin[..., 1] > skin[..., 2]).all())
+    assert float(skin[..., 1].min()) > SKIN_DARK[1] * 0.9 - 0.05 and float(skin[..., 1].max()) < SKIN_LIGHT[1] * 1.07
+    assert float(col[:, :50].mean()) < 0.6 * float(skin.mean())  # the pattern darkens features
+    # per face one tone with a smooth variation: small spread within a face, large between faces
+    within = skin.std(1).mean()
+    between = skin.mean(1).std(0).mean()
+    assert within < 0.05 and between > within
+    # the pattern of a real mean albedo: brows and lips darker than the median skin
+    p = feature_pattern(torch.tensor([[0.8, 0.6, 0.5]] * 10 + [[0.3, 0.2, 0.2]] * 2))
+    assert p.shape == (12, 1) and float(p[0]) == pytest.approx(1.0) and float(p[-1]) < 0.5
+
+
+def test_synthetic_cli_both_appearances_and_refine_row(tmp_path, checkpoint):
+    from facefit.cli_eval import eval_app
+
+    root = typer.Typer()
+    root.add_typer(eval_app, name="eval")
+    root.callback()(lambda: None)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(root, ["eval", "synthetic", "--n", "2", "--seed", "1", "--fit-steps", "0", "--size", "160",
+                                    "--appearance", "both", "--refine", "1", "--checkpoint", str(checkpoint),
+                                    "-o", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rs = {a: json.loads((out / a / "results.json").read_text()) for a in ("model", "unseen")}
+    for a, r in rs.items():
+        assert r["config"]["appearance"] == a
+        assert list(r["summary"]) == ["facefit", "facefit + refine", "mean face"]
+        s = r["summary"]
+        assert s["mean face"]["ratio_to_mean_face"] == pytest.approx(1.0)
+        assert s["facefit"]["ratio_to_mean_face"] == pytest.approx(s["facefit"]["mean_mm"] / s["mean face"]["mean_mm"])
+    # paired: the ground truth (mean face's error) is the same faces in both
+    assert [f["yaw"] for f in rs["model"]["faces"]] == [f["yaw"] for f in rs["unseen"]["faces"]]
+    bad = CliRunner().invoke(root, ["eval", "synthetic", "--n", "1", "--appearance", "cartoon", "--checkpoint",
+                                    str(checkpoint), "-o", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "--appearance must be one of" in str(bad.exception or bad.output)
+    assert not (tmp_path / "bad").exists()

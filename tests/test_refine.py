@@ -74,3 +74,19 @@ def test_reconstruct_api_reports_refinement():
     assert ref["steps"] == 3 and ref["identity_after"] > ref["identity_before"]
     assert np.abs(r.shape_coeffs - plain.shape_coeffs).max() > 1e-3
     assert r.coeffs_record()["refine"]["steps"] == 3
+
+
+def test_geometry_guards_shape_lr_and_anchor(rec, photo):
+    """shape_lr=0 refines colour only (the shape stays the regressor's exactly); an anchor
+    keeps the shape nearer the regressor's than no anchor does."""
+    _, emb, shape, color = photo
+    base = dict(steps=4, views=2, render_size=96, lr=0.05)
+    s0, c0, _ = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base, shape_lr=0.0))
+    assert np.array_equal(s0, shape) and np.abs(c0 - color).max() > 1e-3
+    s_free, _, _ = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base))
+    s_anch, _, info = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base, anchor=200.0))
+    assert np.abs(s_anch - shape).mean() < 0.7 * np.abs(s_free - shape).mean()
+    assert info["anchor"] == 200.0
+    for bad in ({"anchor": -1.0}, {"shape_lr": float("nan")}):
+        with pytest.raises(FacefitError, match="finite number >= 0"):
+            RefineSettings(**bad)

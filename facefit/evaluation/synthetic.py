@@ -34,6 +34,7 @@ import torch
 from facefit.errors import FacefitError
 
 from . import neutral_vertices, nose_tip_index, render_frontal
+from .appearance import APPEARANCES, appearance_generator, feature_pattern, unseen_albedo, unseen_lighting
 from .geometry import DEFAULT_RADIUS_MM, dense_error, evaluate_geometry
 from .report import Report, image_sheet, mean_std, plot_boxes, plot_scatter, print_summary
 
@@ -41,7 +42,7 @@ __all__ = ["SyntheticEvalConfig", "SyntheticFaces", "make_synthetic_faces", "eva
            "write_synthetic_report", "METHODS"]
 
 #: Methods in report order (the first is facefit).
-METHODS = ("facefit", "landmark fit", "mean face")
+METHODS = ("facefit", "facefit + refine", "landmark fit", "mean face")
 
 
 @dataclass
@@ -58,6 +59,11 @@ class SyntheticEvalConfig:
         radius: crop radius of the ground truth around its nose tip (mm).
         fit_steps: optimisation steps of the landmark-fit baseline (0 disables it).
         detector: face detector backend.
+        appearance: ``"model"`` (the model's colour model and training's lighting) or
+            ``"unseen"`` (flat skin tones and a lighting training never used, see
+            :mod:`facefit.evaluation.appearance`); same faces and poses for the same seed.
+        refine: identity-refinement steps (``facefit reconstruct --refine``) for an extra
+            method row ``"facefit + refine"`` (0: no such row).
     """
 
     n: int = 50
@@ -71,6 +77,8 @@ class SyntheticEvalConfig:
     radius: float = DEFAULT_RADIUS_MM
     fit_steps: int = 200
     detector: str = "dlib"
+    appearance: str = "model"
+    refine: int = 0
 
 
 @dataclass
@@ -126,11 +134,21 @@ def make_synthetic_faces(model, cfg: SyntheticEvalConfig, coeffs: Optional[dict]
                                   roll_range=tuple(cfg.roll_range), light_target=(0.0, 0.0, 0.0))
     bg = random_backgrounds(n, size, g)
     cam = Camera.from_fov(15.0, size)
+    if cfg.appearance not in APPEARANCES:
+        raise FacefitError(f"unknown appearance '{cfg.appearance}' (known: {', '.join(APPEARANCES)})")
+    unseen = cfg.appearance == "unseen"
+    if unseen:
+        ga = appearance_generator(cfg.seed)
+        pattern = feature_pattern(torch.tensor(np.array(model.mean_color)))
+        u_lights, u_color, _, u_shin, u_spec = unseen_lighting(n, ga, torch.zeros(n, 3))
+        params.lights, params.light_color, params.shininess, params.specular = u_lights, u_color, u_shin, u_spec
     images, lms = [], []
     for i in range(0, n, 8):
         sl = slice(i, min(n, i + 8))
         expr = coeffs["expr_coeffs"][sl] if "expr_coeffs" in coeffs else None
         verts, colors = model.decode(coeffs["shape_coeffs"][sl], coeffs["color_coeffs"][sl], expr)
+        if unseen:
+            colors = unseen_albedo(verts, ga, pattern)
         R = euler_to_matrix(params.yaw[sl], params.pitch[sl], params.roll[sl]).to(verts)
         lm_v = model.landmark_positions(verts)
         t = frame_for_crop(lm_v, R, cam, "dlib_chip", None, cfg.face_fill)
@@ -202,8 +220,19 @@ def evaluate_synthetic(
         if progress:
             progress("detect", i + 1, n)
     feats = reconstructor.encode(np.stack(crops))
-    pred_facefit, _ = reconstructor.decode(feats)
+    pred_facefit, pred_color = reconstructor.decode(feats)
     preds = {"facefit": pred_facefit, "mean face": np.zeros((n, model.n_shape), np.float32)}
+    if int(cfg.refine) > 0:
+        from facefit.refine import RefineSettings
+
+        saved = reconstructor.refine_settings
+        reconstructor.refine_settings = RefineSettings(**{**vars(saved), "steps": int(cfg.refine)})
+        try:
+            preds["facefit + refine"], _, _ = reconstructor.refine(np.stack(crops), pred_facefit, pred_color)
+        finally:
+            reconstructor.refine_settings = saved
+        if progress:
+            progress("refine", n, n)
     fit_info = {}
     if cfg.fit_steps > 0:
         from facefit.fitting import fit_landmarks
@@ -251,9 +280,13 @@ def evaluate_synthetic(
         dmu, dsd, _ = mean_std(d)
         fin = np.asarray(e, np.float64)
         fin = fin[np.isfinite(fin)]
-        summary[m] = {"mean_mm": mu, "std_mm": sd, "median_mm": float(np.median(fin)) if len(fin) else float("nan"),
+        summary[m] = {"appearance": cfg.appearance, "mean_mm": mu, "std_mm": sd, "median_mm": float(np.median(fin)) if len(fin) else float("nan"),
                       "dense_mean_mm": dmu, "dense_std_mm": dsd, "n": k,
                       "scale_mean": mean_std([r[m].get("scale", float("nan")) for r in records])[0]}
+    if "mean face" in summary:
+        for m in methods:
+            mf = summary["mean face"]["mean_mm"]
+            summary[m]["ratio_to_mean_face"] = summary[m]["mean_mm"] / mf if mf else float("nan")
     ratios = {}
     for m in methods[1:]:
         a = np.asarray([r["facefit"]["error_mm"] for r in records], np.float64)
@@ -283,11 +316,12 @@ def evaluate_synthetic(
 
 def summary_rows(results: dict) -> tuple[list, list]:
     """(headers, rows) of the headline table."""
-    headers = ["method", "mean mm", "std", "median", "dense mm", "facefit/method"]
+    headers = ["method", "mean mm", "std", "median", "dense mm", "facefit/method", "method/mean face"]
     rows = []
     for m, s in results["summary"].items():
         ratio = 1.0 if m == "facefit" else results["ratios"].get(m, {}).get("ratio_of_means")
-        rows.append([m, s["mean_mm"], s["std_mm"], s["median_mm"], s["dense_mean_mm"], ratio])
+        rows.append([m, s["mean_mm"], s["std_mm"], s["median_mm"], s["dense_mean_mm"], ratio,
+                     s.get("ratio_to_mean_face", float("nan"))])
     return headers, rows
 
 
@@ -307,7 +341,8 @@ def write_synthetic_report(results: dict, out_dir, model=None, sample_faces: int
         rep.text(
             f"{results['n_faces']} faces sampled from **{results['model']['name']}** (seed {cfg['seed']}), rendered at "
             f"{cfg['image_size']} px with random pose (yaw {cfg['yaw_range']}, pitch {cfg['pitch_range']}, roll "
-            f"{cfg['roll_range']} degrees), random lighting{' and random expressions' if cfg['expression'] else ''}. "
+            f"{cfg['roll_range']} degrees), {_appearance_text(cfg.get('appearance', 'model'))}"
+            f"{' and random expressions' if cfg['expression'] else ''}. "
             f"Checkpoint: `{results['checkpoint']}` (encoder `{results['encoder']}`).\n\n"
             f"Protocol: ground truth = the sampled neutral shape, cropped to {cfg['radius']:g} mm around its nose tip "
             "(model landmark 30); ICP with isotropic scale of the whole prediction; symmetric point-to-plane distance "
@@ -357,7 +392,15 @@ def write_synthetic_report(results: dict, out_dir, model=None, sample_faces: int
         return rep.write(public)
 
 
+def _appearance_text(appearance: str) -> str:
+    if appearance == "unseen":
+        return ("an appearance training never used (flat skin tones with a smooth variation, one close key light, "
+                "2200-10000 K, shiny skin; `facefit/evaluation/appearance.py`)")
+    return "the model's colour model and random lighting as in training"
+
+
 def print_synthetic_summary(results: dict, console=None) -> None:
     headers, rows = summary_rows(results)
-    print_summary(f"facefit eval synthetic (n={results['n_faces']}, detector fallbacks {results['detector_fallbacks']})",
+    app = results["config"].get("appearance", "model")
+    print_summary(f"facefit eval synthetic (n={results['n_faces']}, appearance {app}, detector fallbacks {results['detector_fallbacks']})",
                   headers, rows, console=console)
