@@ -229,6 +229,10 @@ class Reconstruction:
         box: (4,) detector box or None; landmarks68: (68, 2) or None; score: detector score.
         timing: seconds per stage.
         extra: more fields for the coefficient record (e.g. fusion statistics).
+        pose: with ``pose=True``, the photo's :class:`facefit.avatar.pose.PoseFit` (head pose,
+            camera, expression weights by name); None when not asked for or when the fit
+            failed (then ``extra["pose_error"]`` says why).
+        track: with ``fuse`` and ``pose`` on a video, its :class:`facefit.avatar.track.Track`.
     """
 
     source: str
@@ -242,6 +246,8 @@ class Reconstruction:
     score: Optional[float] = None
     timing: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    pose: Optional[Any] = None
+    track: Optional[Any] = None
 
     def coeffs_record(self) -> dict:
         """The ``--save-coeffs`` record (see :mod:`facefit.coeffs_io`)."""
@@ -260,6 +266,8 @@ class Reconstruction:
             "timing": self.timing,
         }
         rec.update(self.extra)
+        if self.pose is not None:
+            rec["pose"] = self.pose.record()
         return rec
 
 
@@ -345,10 +353,11 @@ class Reconstructor:
         batch_size: faces per encoder batch.
         refine: identity-refinement steps per face after the regressor (0 = the
             regressor's prediction as is; see :mod:`facefit.refine`).
+        pose: also fit each face's pose, camera and expression (:mod:`facefit.avatar.pose`).
     """
 
     def __init__(self, checkpoint=None, model=None, device=None, detector: str = "dlib",
-                 all_faces: bool = False, batch_size: int = 32, refine: int = 0):
+                 all_faces: bool = False, batch_size: int = 32, refine: int = 0, pose: bool = False):
         from .model_io import resolve_model
         from .regressor import Regressor
 
@@ -375,6 +384,7 @@ class Reconstructor:
         from .refine import RefineSettings
 
         self.refine_settings = RefineSettings(steps=int(refine))
+        self.pose = bool(pose)
 
     # -- stages
     def detect(self, image: np.ndarray):
@@ -485,6 +495,9 @@ def reconstruct(
     on_error: str = "raise",
     errors: Optional[list] = None,
     refine: int = 0,
+    pose: bool = False,
+    track_every: int = 1,
+    track_smooth: Optional[float] = None,
 ) -> list[Reconstruction]:
     """Reconstruct faces from images, without writing anything.
 
@@ -506,6 +519,11 @@ def reconstruct(
         refine: identity-refinement steps per face after the regressor (beyond the paper;
             :mod:`facefit.refine`); the result's ``extra["refine"]`` has the identity score
             before and after.
+        pose: also fit each face's head pose, camera and expression weights to its photo
+            (``Reconstruction.pose``, :mod:`facefit.avatar.pose`). With ``fuse`` the input
+            must include one video: it is tracked frame by frame (``Reconstruction.track``,
+            :mod:`facefit.avatar.track`; every ``track_every``-th frame, temporal smoothing
+            ``track_smooth`` seconds, None = the default).
     Returns:
         list of :class:`Reconstruction` (one per face; one in all with ``fuse``).
     Raises:
@@ -523,7 +541,8 @@ def reconstruct(
         skipped.append((label, _error_text(e)))
 
     rec = reconstructor or Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                                         refine=refine)
+                                         refine=refine, pose=pose)
+    pose = pose or rec.pose
     items: list[InputItem] = []
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
@@ -595,6 +614,11 @@ def reconstruct(
             photo = replace(r, source=it.label, box=face.box, landmarks68=face.landmarks68, score=float(face.score))
             r.mesh = texture_from_photo(rec.model, photo, image)
             r.extra["texture_from"] = it.label
+        if pose:
+            from .avatar.track import track_inputs
+
+            r.track = track_inputs(rec, [p for p, _ in pairs], r.shape_coeffs, every=track_every, smooth=track_smooth)
+            r.extra["track"] = r.track.summary()
         return [r]
 
     t0 = time.perf_counter()
@@ -608,12 +632,12 @@ def reconstruct(
         per_item[id(it)] = j + 1
         name = _names(it, j + 1)[j]
         out.append(_face_reconstruction(rec, it.label, name, shapes[k], colors[k], feats[k], face,
-                                        {**timing, "encode": t_enc, "decode": t_dec}, refs[k], texture, image))
+                                        {**timing, "encode": t_enc, "decode": t_dec}, refs[k], texture, image, pose))
     return out
 
 
 def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, color, feat, face, timing: dict,
-                         ref: Optional[dict], texture: str, image) -> Reconstruction:
+                         ref: Optional[dict], texture: str, image, pose: Optional[bool] = None) -> Reconstruction:
     """One detected face's :class:`Reconstruction` (mesh, provenance, optional photo texture)."""
     r = Reconstruction(label, name, rec.mesh(shape, color, {"source": label}), shape, color, feat.cpu().numpy(),
                        box=face.box, landmarks68=face.landmarks68, score=float(face.score),
@@ -623,6 +647,10 @@ def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, col
         from .texturing import texture_from_photo
 
         r.mesh = texture_from_photo(rec.model, r, image)
+    if (rec.pose if pose is None else pose) and image is not None:
+        from .avatar.pose import attach_pose
+
+        attach_pose(rec.model, r, image)
     return r
 
 
@@ -648,6 +676,7 @@ class BatchSummary:
     errors: list = field(default_factory=list)
     manifest: Optional[Path] = None
     fused: Optional[dict] = None
+    pose_errors: list = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -699,14 +728,19 @@ class _Manifest:
             raise FacefitError(describe_os_error(self.path, e)) from None
 
 
-def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str], render: bool) -> dict:
-    """Where the outputs of one face go."""
+def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str], render: bool,
+                 pose: bool = False, track: bool = False) -> dict:
+    """Where the outputs of one face go (``pose``/``track``: see :mod:`facefit.avatar.files`)."""
     base = out_dir / name
     paths = {"mesh": base.with_name(base.name + "." + fmt)}
     if save_coeffs:
         paths["coeffs"] = base.with_name(base.name + "." + save_coeffs)
     if render:
         paths["turntable"] = base.with_name(base.name + "_turntable")
+    if pose or track:
+        from .avatar.files import avatar_paths
+
+        paths.update(avatar_paths(base, fmt, pose=pose, track=track))
     return paths
 
 
@@ -726,6 +760,9 @@ def expected_files(paths: dict, companions: bool = False) -> list[Path]:
         files.append(paths["coeffs"])
     if "turntable" in paths:
         files.extend(_turntable_paths(paths["turntable"]))
+    from .avatar.files import avatar_files
+
+    files.extend(avatar_files(paths, companions))
     return files
 
 
@@ -774,6 +811,10 @@ def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames
             from .turntable import write_turntable
 
             written.extend(write_turntable(r.mesh, paths["turntable"], frames=frames, size=render_size, model=model))
+        from .avatar.files import AVATAR_KEYS, write_avatar_outputs
+
+        if any(k in paths for k in AVATAR_KEYS):
+            written.extend(write_avatar_outputs(r, paths, model, units=units))
         # the mesh last: its presence marks the face as done (for skip_existing)
         written.extend(save_mesh(r.mesh, paths["mesh"], units=units))
     except BaseException:
@@ -803,6 +844,9 @@ def run_batch(
     on_item: Optional[Callable[[dict], None]] = None,
     batch_size: int = 16,
     refine: int = 0,
+    pose: bool = False,
+    track_every: int = 1,
+    track_smooth: Optional[float] = None,
 ) -> BatchSummary:
     """Reconstruct inputs to files.
 
@@ -831,6 +875,11 @@ def run_batch(
             units) is not redone.
         progress: show a rich progress bar.
         batch_size: faces per encoder batch (outputs are written after each batch).
+        pose: also write each face's ``<name>_posed.<fmt>`` and ``<name>_overlay.png``
+            (:mod:`facefit.avatar`); a face whose pose fit fails keeps its other outputs and
+            its manifest line says ``pose_error``. With ``fuse``: the video among the inputs
+            is tracked into ``<name>_track.csv`` and ``<name>_track.glb`` (every
+            ``track_every``-th frame, smoothing ``track_smooth`` seconds).
     Returns:
         :class:`BatchSummary`. In folder mode ``manifest.jsonl`` in the output folder
         describes THIS run, one JSON line per input (per frame for videos, per unreadable
@@ -891,7 +940,7 @@ def run_batch(
             remove_stale_temps(d)
 
     rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                        batch_size=batch_size, refine=refine)
+                        batch_size=batch_size, refine=refine, pose=pose and not fuse)
     summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME)
     manifest = None if single_file else _Manifest(summary.manifest)
 
@@ -913,7 +962,8 @@ def run_batch(
         left: list = []
         try:
             rs = reconstruct([p for p, _ in pairs], reconstructor=rec, fuse=True, texture=texture,
-                             on_error="skip", errors=left)
+                             on_error="skip", errors=left, pose=pose, track_every=track_every,
+                             track_smooth=track_smooth)
         except NoFaceError:
             rs = []
         except Exception as e:  # e.g. texturing: the manifest still says what happened
@@ -934,7 +984,7 @@ def run_batch(
             raise NoFaceError(f"--fuse: no face found in any of the {len(pairs)} inputs"
                               + (f" ({shown}{more})" if shown else ""))
         r = rs[0]
-        paths = output_paths(out_dir, out.stem if single_file else r.name, fmt, save_coeffs, render)
+        paths = output_paths(out_dir, out.stem if single_file else r.name, fmt, save_coeffs, render, track=pose)
         if single_file:
             paths["mesh"] = out
         try:
@@ -948,7 +998,7 @@ def run_batch(
         summary.processed, summary.faces = len(r.extra["fused_from"]), 1
         summary.outputs.extend(written)
         summary.fused = {k: r.extra[k] for k in ("n_fused", "consistency_mm_mean", "consistency_mm_max",
-                                                 "texture_from") if k in r.extra}
+                                                 "texture_from", "track") if k in r.extra}
         note({"input": "fused", "status": "ok", "faces": 1, "outputs": [str(p) for p in written], **r.extra})
         if manifest is not None:
             manifest.finish()
@@ -984,7 +1034,7 @@ def run_batch(
                 return
             for it, faces in by_item.values():
                 names = _names(it, len(faces))
-                written_all = []
+                written_all, pose_errors = [], []
                 try:
                     if single_file and len(faces) > 1:
                         raise FacefitError(
@@ -995,10 +1045,12 @@ def run_batch(
                                                  {**timing, "encode": (t1 - t0) / len(pending),
                                                   "decode": (t2 - t1) / len(pending)}, refs[k], texture, image)
                         if single_file:  # outputs named after -o, e.g. face.obj, face.json
-                            paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render)
+                            paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render, pose)
                             paths["mesh"] = out
                         else:
-                            paths = output_paths(out_dir, name, fmt, save_coeffs, render)
+                            paths = output_paths(out_dir, name, fmt, save_coeffs, render, pose)
+                        if "pose_error" in r.extra:
+                            pose_errors.append(f"{it.label}: {r.extra['pose_error']}")
                         tw = time.perf_counter()
                         written = write_outputs(r, paths, render_size, model=rec.model, units=units)
                         r.timing["write"] = time.perf_counter() - tw
@@ -1012,9 +1064,11 @@ def run_batch(
                     raise
                 summary.processed += 1
                 summary.faces += len(faces)
+                summary.pose_errors.extend(pose_errors)
                 summary.outputs.extend(written_all)
                 note({"input": it.label, "status": "ok", "faces": len(faces),
-                      "outputs": [str(p) for p in written_all], "timing": r.timing})
+                      "outputs": [str(p) for p in written_all], "timing": r.timing,
+                      **({"pose_error": "; ".join(pose_errors)} if pose_errors else {})})
             pending.clear()
 
         for it in items:
@@ -1023,7 +1077,7 @@ def run_batch(
                 bar.advance(task)
                 continue
             if skip_existing and not single_file:
-                paths = output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render)
+                paths = output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render, pose)
                 if all(p.exists() for p in expected_files(paths)):
                     done = [p for p in expected_files(paths, companions=True) if p.exists()]
                     summary.skipped += 1
@@ -1037,7 +1091,7 @@ def run_batch(
                 bar.advance(task)
                 continue
             for face, crop in crops:
-                pending.append((it, face, crop, timing, image if texture == "photo" else None))
+                pending.append((it, face, crop, timing, image if (texture == "photo" or pose) else None))
             if len(pending) >= rec.batch_size:
                 flush()
             bar.advance(task)
