@@ -27,10 +27,12 @@ import numpy as np
 __all__ = ["LandmarkRig", "SolveResult", "L1", "L2"]
 
 #: default weight of the L1 (sparsity) prior on blend-shape weights (docs/avatar.md)
-L1 = 0.5
+L1 = 0.2
 #: default weight of the L2 prior on blend-shape weights
 L2 = 0.5
 JAW = tuple(range(17))
+#: per-landmark weights (dlib/iBUG order)
+LANDMARK_WEIGHTS = np.ones(68)
 CHIN = (7, 8, 9)
 
 
@@ -92,7 +94,7 @@ class LandmarkRig:
     def solve(self, landmarks68, R_cam, t, beta, focal: float, cx: float, cy: float, *, iters: int = 8,
               beta_prev: Optional[np.ndarray] = None, l1: float = L1, l2: float = L2, temporal: float = 0.0,
               sigma: float = 0.05, robust_scale: float = 0.15, contour_weight: float = 0.5,
-              fit_pose: bool = True, contour_every: int = 1) -> SolveResult:
+              fit_pose: bool = True, contour_every: int = 1, landmark_weights=None) -> SolveResult:
         """Refine pose and expression for 68 landmarks (warm start from ``R_cam, t, beta``).
 
         Args:
@@ -106,6 +108,7 @@ class LandmarkRig:
             contour_weight: weight of the jaw-line landmarks.
             fit_pose: also refine rotation and translation (else only the weights).
             contour_every: iterations between updates of the jaw-line correspondences.
+            landmark_weights: (68,) per-landmark weights (default :data:`LANDMARK_WEIGHTS`).
         Returns:
             :class:`SolveResult`.
         """
@@ -118,8 +121,8 @@ class LandmarkRig:
         bp = np.zeros(ke) if beta_prev is None else np.asarray(beta_prev, np.float64)
         lo, hi = (0.0, 1.0) if self.blend else (-np.inf, np.inf)
         b = np.clip(b, lo, hi)
-        w_lm = np.ones(68)
-        w_lm[list(JAW)] = contour_weight
+        w_lm = np.array(LANDMARK_WEIGHTS if landmark_weights is None else landmark_weights, np.float64)
+        w_lm[list(JAW)] *= contour_weight
         side = np.array([-1.0] * 8 + [0.0] + [1.0] * 8)
         idx = self.lm_sub.copy()
         npose = 6 if fit_pose else 0
