@@ -203,6 +203,11 @@ def reconstruct_cmd(
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=1024, help="Faces per encoder batch; outputs are written after each."),
+    head: bool = typer.Option(False, "--head", help="Write the complete ICT-FaceKit head (face, scalp, ears, neck, eyes, "
+                              "teeth, gums; no holes) with the skin tone continued over it, not only the face area."),
+    blendshapes: bool = typer.Option(False, "--blendshapes", help="An animatable GLB: the model's expressions as morph "
+                                     "targets on the person's own head, named after ARKit (needs .glb output; "
+                                     "docs/avatar.md)."),
     pose: bool = typer.Option(False, "--pose", help="Also fit each photo's head pose, camera and expression: writes NAME_posed.<fmt> "
                               "(the face with the photo's expression in the photo's camera) and NAME_overlay.png; with --fuse "
                               "on a video, a per-frame track NAME_track.csv and an animated NAME_track.glb (docs/avatar.md)."),
@@ -235,7 +240,8 @@ def reconstruct_cmd(
                   render=render, render_size=render_size, fuse=fuse, all_faces=all_faces,
                   texture=None if texture == "model" else texture, units=units, skip_existing=skip_existing,
                   detector=detector, device=device, progress=sys.stderr.isatty(), batch_size=batch_size,
-                  refine=refine, pose=pose, track_every=track_every, track_smooth=track_smooth)
+                  refine=refine, head=head, blendshapes=blendshapes, pose=pose, track_every=track_every,
+                  track_smooth=track_smooth)
     con = Console(stderr=True)
     if s.manifest is not None or s.failed or s.skipped:
         t = Table(title="facefit reconstruct")

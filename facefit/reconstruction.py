@@ -246,6 +246,10 @@ class Reconstruction:
     score: Optional[float] = None
     timing: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    #: with ``blendshapes``: :class:`facefit.avatar.rig.MorphTargets` of the mesh, and its
+    #: default morph weights (K,) or None (all 0); a GLB output then carries them
+    morph_targets: Optional[Any] = None
+    morph_weights: Optional[np.ndarray] = None
     pose: Optional[Any] = None
     track: Optional[Any] = None
 
@@ -353,11 +357,17 @@ class Reconstructor:
         batch_size: faces per encoder batch.
         refine: identity-refinement steps per face after the regressor (0 = the
             regressor's prediction as is; see :mod:`facefit.refine`).
+        head: write the complete ICT-FaceKit head instead of the face area
+            (:mod:`facefit.avatar.head`).
+        blendshapes: give each reconstruction the model's expressions as named morph
+            targets (:mod:`facefit.avatar.rig`; written into GLB outputs). Implies ``head``
+            for ICT-FaceKit models.
         pose: also fit each face's pose, camera and expression (:mod:`facefit.avatar.pose`).
     """
 
     def __init__(self, checkpoint=None, model=None, device=None, detector: str = "dlib",
-                 all_faces: bool = False, batch_size: int = 32, refine: int = 0, pose: bool = False):
+                 all_faces: bool = False, batch_size: int = 32, refine: int = 0, head: bool = False,
+                 blendshapes: bool = False, pose: bool = False):
         from .model_io import resolve_model
         from .regressor import Regressor
 
@@ -385,6 +395,37 @@ class Reconstructor:
 
         self.refine_settings = RefineSettings(steps=int(refine))
         self.pose = bool(pose)
+        # an ICT avatar opens its mouth and moves its eyes: it needs the head's teeth and eyes
+        self.head = bool(head) or (bool(blendshapes) and model.meta.get("source") == "ICT-FaceKit")
+        self.blendshapes = bool(blendshapes)
+        self._targets = None
+        if self.head:
+            from .avatar.head import head_model_for
+
+            self.head_model = head_model_for(self.model)
+
+    @property
+    def mesh_model(self):
+        """The model of the written meshes: the head model with ``head``, else ``model``."""
+        return self.head_model if self.head else self.model
+
+    def morph_targets(self):
+        """The mesh model's :class:`facefit.avatar.rig.MorphTargets` (built once)."""
+        if self._targets is None:
+            from .avatar.rig import morph_targets
+
+            self._targets = morph_targets(self.mesh_model)
+        return self._targets
+
+    def texture(self, r: "Reconstruction", image: np.ndarray) -> FaceMesh:
+        """``r.mesh`` with a texture from the photo (``--texture photo``)."""
+        if self.head:
+            from .avatar.head import head_texture_from_photo
+
+            return head_texture_from_photo(self.head_model, r, image)
+        from .texturing import texture_from_photo
+
+        return texture_from_photo(self.model, r, image)
 
     # -- stages
     def detect(self, image: np.ndarray):
@@ -451,7 +492,12 @@ class Reconstructor:
         from .turntable import mesh_from_coeffs
 
         info = {**{k: v for k, v in self.checkpoint_info.items() if v is not None}, **meta}
-        return mesh_from_coeffs(self.model, shape, color if self.model.n_color else None, meta=info)
+        face = mesh_from_coeffs(self.model, shape, color if self.model.n_color else None, meta=info)
+        if self.head:
+            from .avatar.head import head_mesh
+
+            return head_mesh(self.model, shape, face.colors, face.meta, head=self.head_model)
+        return face
 
     # -- whole images
     def faces_of(self, item: InputItem):
@@ -495,6 +541,8 @@ def reconstruct(
     on_error: str = "raise",
     errors: Optional[list] = None,
     refine: int = 0,
+    head: bool = False,
+    blendshapes: bool = False,
     pose: bool = False,
     track_every: int = 1,
     track_smooth: Optional[float] = None,
@@ -519,6 +567,7 @@ def reconstruct(
         refine: identity-refinement steps per face after the regressor (beyond the paper;
             :mod:`facefit.refine`); the result's ``extra["refine"]`` has the identity score
             before and after.
+        head, blendshapes: see :class:`Reconstructor` (the complete head; morph targets).
         pose: also fit each face's head pose, camera and expression weights to its photo
             (``Reconstruction.pose``, :mod:`facefit.avatar.pose`). With ``fuse`` the input
             must include one video: it is tracked frame by frame (``Reconstruction.track``,
@@ -541,7 +590,7 @@ def reconstruct(
         skipped.append((label, _error_text(e)))
 
     rec = reconstructor or Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                                         refine=refine, pose=pose)
+                                         refine=refine, head=head, blendshapes=blendshapes, pose=pose)
     pose = pose or rec.pose
     items: list[InputItem] = []
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
@@ -604,15 +653,15 @@ def reconstruct(
         mesh = rec.mesh(s[0], c[0], {"source": f"fused from {len(found)} images"})
         r = Reconstruction(f"fused({len(found)})", first.rel + "_fused", mesh, s[0], c[0],
                            fused[0].cpu().numpy(), timing={"encode_per_face": t_enc}, extra=extra)
+        if rec.blendshapes:
+            r.morph_targets = rec.morph_targets()
         if texture == "photo":
             from dataclasses import replace
-
-            from .texturing import texture_from_photo
 
             best = max(range(len(found)), key=lambda k: (float(found[k][2].score), -k))
             it, image, face = found[best][:3]
             photo = replace(r, source=it.label, box=face.box, landmarks68=face.landmarks68, score=float(face.score))
-            r.mesh = texture_from_photo(rec.model, photo, image)
+            r.mesh = rec.texture(photo, image)
             r.extra["texture_from"] = it.label
         if pose:
             from .avatar.track import track_inputs
@@ -643,10 +692,10 @@ def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, col
                        box=face.box, landmarks68=face.landmarks68, score=float(face.score),
                        timing={**timing, **({"refine": ref["seconds"]} if ref else {})},
                        extra={"refine": ref} if ref else {})
+    if rec.blendshapes:
+        r.morph_targets = rec.morph_targets()
     if texture == "photo":
-        from .texturing import texture_from_photo
-
-        r.mesh = texture_from_photo(rec.model, r, image)
+        r.mesh = rec.texture(r, image)
     if (rec.pose if pose is None else pose) and image is not None:
         from .avatar.pose import attach_pose
 
@@ -816,7 +865,13 @@ def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames
         if any(k in paths for k in AVATAR_KEYS):
             written.extend(write_avatar_outputs(r, paths, model, units=units))
         # the mesh last: its presence marks the face as done (for skip_existing)
-        written.extend(save_mesh(r.mesh, paths["mesh"], units=units))
+        if r.morph_targets is not None and paths["mesh"].suffix.lower() == ".glb":
+            from .avatar.gltf import save_glb_avatar
+
+            written.extend(save_glb_avatar(r.mesh, paths["mesh"], r.morph_targets.as_dict(), r.morph_weights,
+                                           units=units))
+        else:
+            written.extend(save_mesh(r.mesh, paths["mesh"], units=units))
     except BaseException:
         _remove_files(p for p in dict.fromkeys(candidates + written) if _file_key(p) != before.get(p))
         raise
@@ -844,6 +899,8 @@ def run_batch(
     on_item: Optional[Callable[[dict], None]] = None,
     batch_size: int = 16,
     refine: int = 0,
+    head: bool = False,
+    blendshapes: bool = False,
     pose: bool = False,
     track_every: int = 1,
     track_smooth: Optional[float] = None,
@@ -867,6 +924,8 @@ def run_batch(
             the photo whose face the detector is most confident about.
         texture: None / "model" (predicted colour) or "photo".
         refine: identity-refinement steps per face (see :func:`reconstruct`).
+        head: write the complete ICT-FaceKit head (:mod:`facefit.avatar.head`).
+        blendshapes: GLB outputs carry the model's expressions as named morph targets.
         units: mesh file units, "mm", "cm" or "m" (default: mm for OBJ/PLY, m for GLB).
         skip_existing: leave inputs whose requested output files all exist (the mesh of
             the main face, and its coefficients / turntable when asked for): resume after
@@ -939,8 +998,11 @@ def run_batch(
         for d in sorted({out_dir} | {(out_dir / rel).parent for _, rel in pairs}):
             remove_stale_temps(d)
 
+    if blendshapes and fmt != "glb":
+        raise FacefitError(f"--blendshapes writes morph targets into glTF: use a .glb output (or --format glb), not {fmt}")
     rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                        batch_size=batch_size, refine=refine, pose=pose and not fuse)
+                        batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes,
+                        pose=pose and not fuse)
     summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME)
     manifest = None if single_file else _Manifest(summary.manifest)
 

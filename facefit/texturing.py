@@ -259,7 +259,8 @@ def _srgb_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return out[0, :, 0].T
 
 
-def texture_from_photo(model, recon, image: np.ndarray, size: int = TEXTURE_SIZE, fit_steps: int = 150) -> FaceMesh:
+def texture_from_photo(model, recon, image: np.ndarray, size: int = TEXTURE_SIZE, fit_steps: int = 150,
+                       skin_trust: np.ndarray | None = None) -> FaceMesh:
     """A copy of ``recon.mesh`` with a UV texture taken from ``image``.
 
     Args:
@@ -268,6 +269,9 @@ def texture_from_photo(model, recon, image: np.ndarray, size: int = TEXTURE_SIZE
         image: (H, W, 3) uint8 RGB photo the face was detected in.
         size: texture side in pixels.
         fit_steps: optimisation steps of the landmark fit.
+        skin_trust: optional (V,) per vertex: 1 = take the photo wherever visible, 0 = only
+            where the photo shows skin, < 0 = never (see
+            :func:`facefit.avatar.photo.restrict_to_skin`; the complete head uses it).
     Returns:
         FaceMesh with ``uv``, ``uv_triangles`` and ``texture``; ``meta['texture']`` says how
         many texels came from the photo.
@@ -300,6 +304,11 @@ def texture_from_photo(model, recon, image: np.ndarray, size: int = TEXTURE_SIZE
     photo_rgb = _srgb_bilinear(img, interp(screen[0, :, :2]))
     w = interp(vis_w[:, None])[:, 0].clamp(0, 1)
     model_rgb = interp(torch.as_tensor(recon.mesh.colors))
+    if skin_trust is not None:
+        from .avatar.photo import restrict_to_skin
+
+        trust = interp(torch.as_tensor(np.asarray(skin_trust, np.float32))[:, None])[:, 0]
+        w, model_rgb = restrict_to_skin(photo_rgb, w, model_rgb, trust)
     rgb = w[:, None] * photo_rgb + (1 - w[:, None]) * model_rgb
     # pad the charts (nearest covered texel) so bilinear lookups at seams do not pick up black
     tex_np = fill_texture(raster, _to_u8(rgb.numpy()))

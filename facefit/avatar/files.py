@@ -56,11 +56,31 @@ def write_avatar_outputs(r, paths: dict, model, units: Optional[str] = None) -> 
 
         if r.pose.photo is None:
             raise ValueError("the pose fit holds no photo for the overlay sheet")
-        written.append(write_overlay(model, r.mesh, r.shape_coeffs, r.pose, r.pose.photo, paths["overlay"]))
-        written.extend(save_mesh(posed_mesh(model, r.mesh, r.shape_coeffs, r.pose), paths["posed"], units=units))
+        mm = mesh_model(model, r.mesh)
+        written.append(write_overlay(mm, r.mesh, r.shape_coeffs, r.pose, r.pose.photo, paths["overlay"]))
+        written.extend(save_mesh(posed_mesh(mm, r.mesh, r.shape_coeffs, r.pose), paths["posed"], units=units))
     if "track_csv" in paths and r.track is not None:
         from .track import write_track_csv, write_track_glb
 
         written.append(write_track_csv(r.track, paths["track_csv"]))
-        written.extend(write_track_glb(r.track, r.mesh, model, paths["track_glb"], units=units))
+        written.extend(write_track_glb(r.track, r.mesh, model, paths["track_glb"], shape_coeffs=r.shape_coeffs,
+                                       units=units))
     return written
+
+
+def mesh_model(model, mesh):
+    """The model whose vertices ``mesh`` has: ``model`` itself, or its ICT-FaceKit head (``--head``).
+
+    Raises:
+        FacefitError: neither fits the mesh.
+    """
+    from facefit.errors import FacefitError
+
+    if mesh.num_vertices == model.n_vertices:
+        return model
+    from .head import head_model_for
+
+    head = head_model_for(model)
+    if mesh.num_vertices != head.n_vertices:
+        raise FacefitError(f"the mesh ({mesh.num_vertices} vertices) is not one of model '{model.name}'")
+    return head

@@ -220,13 +220,16 @@ def posed_mesh(model, neutral: FaceMesh, shape_coeffs, pose: PoseFit) -> FaceMes
 def attach_pose(model, recon, image: np.ndarray, steps: int = POSE_STEPS) -> None:
     """Fit the pose of ``recon`` (a :class:`~facefit.reconstruction.Reconstruction`) in
     ``image`` and set ``recon.pose``; a failed fit sets ``recon.pose = None`` and
-    ``recon.extra["pose_error"]`` (one line) instead of raising."""
+    ``recon.extra["pose_error"]`` (one line) instead of raising. With morph targets
+    (``--blendshapes``) the photo's expression becomes the GLB's default morph weights."""
     import time
 
     t0 = time.perf_counter()
     try:
         recon.pose = fit_pose(model, recon.shape_coeffs, recon.landmarks68, image.shape[:2], steps=steps, photo=image)
         recon.extra.pop("pose_error", None)
+        if getattr(recon, "morph_targets", None) is not None:  # --blendshapes: rest pose = the photo's expression
+            recon.morph_weights = recon.morph_targets.weights_from_expr(recon.pose.expr_coeffs)
     except PoseFitError as e:
         recon.pose = None
         recon.extra["pose_error"] = str(e)

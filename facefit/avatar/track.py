@@ -346,37 +346,44 @@ def read_track_csv(path: str | os.PathLike) -> dict:
     return {h: body[:, i] for i, h in enumerate(head)}
 
 
-def write_track_glb(track: Track, mesh, model, path: str | os.PathLike, units: Optional[str] = None) -> list[Path]:
-    """The animated GLB of a track: ``mesh`` (the neutral identity) with the model's blend
-    shapes as morph targets and one animation (morph weights and head rotation at the
-    tracked frames' times)."""
+def write_track_glb(track: Track, mesh, model, path: str | os.PathLike, shape_coeffs=None,
+                    units: Optional[str] = None) -> list[Path]:
+    """The animated GLB of a track.
+
+    The mesh is the person's neutral head (for ICT-FaceKit the complete head of
+    :mod:`facefit.avatar.head`, built from ``mesh``'s face colours and ``shape_coeffs`` when
+    ``mesh`` is the face area; other models: ``mesh`` itself) with the model's expressions as
+    morph targets under ARKit names (:mod:`facefit.avatar.rig`) and one animation
+    ``facefit_track``: morph weights and head rotation (quaternions of ``R_head``; glTF's
+    axes are the model's, +y up, +z towards the viewer) at the tracked frames' times.
+    Rest weights: the first frame's.
+
+    Args:
+        track: the :class:`Track`.
+        mesh: the neutral FaceMesh of the identity (face area or head).
+        model: the face model the track was fitted with.
+        path: ``.glb`` output (atomic).
+        shape_coeffs: (Ks,) identity coefficients (needed to build the head from a face mesh).
+        units: file units (default metres).
+    """
     from scipy.spatial.transform import Rotation
 
+    from .files import mesh_model
     from .gltf import AvatarAnimation, save_glb_avatar
+    from .rig import morph_targets
 
-    if path is None or Path(path).suffix.lower() != ".glb":
+    if Path(path).suffix.lower() != ".glb":
         raise FacefitError(f"the animated track is written as .glb, not {Path(path).name}")
-    if mesh.num_vertices != model.n_vertices:
-        raise FacefitError("the track's mesh does not have the model's vertices")
-    basis = np.asarray(model.expr_basis, np.float64) * np.asarray(model.expr_std, np.float64)  # (V, 3, Ke)
-    names = _target_names(track.names)
-    targets = {n: basis[:, :, k] for k, n in enumerate(names)}
+    if mesh.num_vertices == model.n_vertices and model.meta.get("source") == "ICT-FaceKit" and shape_coeffs is not None:
+        from .head import head_mesh, head_model_for
+
+        head = head_model_for(model)
+        mesh = head_mesh(model, shape_coeffs, mesh.colors, meta=mesh.meta, head=head)
+    mm = mesh_model(model, mesh)
+    mt = morph_targets(mm)
+    W = np.stack([mt.weights_from_expr(e) for e in track.expr])  # (T, K)
     quats = Rotation.from_matrix(track.R_head).as_quat()  # (T, 4) x, y, z, w
-    anim = AvatarAnimation(times=np.asarray(track.times, np.float64), weights=np.asarray(track.expr, np.float64),
-                           rotations=quats, name="facefit_track",
-                           extras={"source": track.source, "frames": [int(f) for f in track.frames]})
-    return save_glb_avatar(mesh, path, targets, animation=anim, units=units, extras={"track": track.summary()})
-
-
-def _target_names(names: Sequence[str]) -> list[str]:
-    """ARKit names of the model's blend shapes (via :mod:`facefit.avatar.naming` when present)."""
-    try:
-        from . import naming
-    except ImportError:
-        return list(names)
-    for fn in ("arkit_names", "to_arkit"):
-        f = getattr(naming, fn, None)
-        if callable(f):
-            out = f(list(names))
-            return list(out) if not isinstance(out, str) else [f(n) for n in names]
-    return list(names)
+    anim = AvatarAnimation(times=np.asarray(track.times, np.float64), weights=W, rotations=quats,
+                           name="facefit_track", extras={"source": track.source, "frames": [int(f) for f in track.frames]})
+    return save_glb_avatar(mesh, path, mt.as_dict(), default_weights=W[0], animation=anim,
+                           units=units, extras={"track": track.summary()})
