@@ -210,7 +210,7 @@ def reconstruct_cmd(
                                      "docs/avatar.md)."),
     pose: bool = typer.Option(False, "--pose", help="Also fit each photo's head pose, camera and expression: writes NAME_posed.<fmt> "
                               "(the face with the photo's expression in the photo's camera) and NAME_overlay.png; with --fuse "
-                              "on a video, a per-frame track NAME_track.csv and an animated NAME_track.glb (docs/avatar.md)."),
+                              "on a video, a per-frame track NAME_track.csv and an animated NAME_track.glb (docs/pose.md)."),
     track_every: int = typer.Option(1, "--track-every", min=1, max=1000, help="With --fuse --pose on a video: track every Nth frame."),
     track_smooth: Optional[float] = typer.Option(None, "--track-smooth", min=0.0, max=10.0, help="With --fuse --pose: temporal "
                                                  "smoothing of the track, Gaussian sigma in seconds (default 0.04; 0 = off)."),

@@ -26,7 +26,7 @@ def test_pose_and_expression_on_ground_truth_renders(default_model, renders):
     """Detected landmarks on renders of known pose/expression (the real path): pose within 4
     degrees (median; benchmarks/results/pose.json: 3-4 on 30 faces), jawOpen within 0.25;
     with the exact landmark vertices pose within 1.5 degrees, jawOpen and mouthSmile within
-    0.15 (on the detector's landmarks expressions come out weaker and noisier: docs/avatar.md)."""
+    0.15 (on the detector's landmarks expressions come out weaker and noisier: docs/pose.md)."""
     from facefit.faces.detection import detect_faces
 
     m, F = default_model, renders

@@ -26,13 +26,17 @@ import numpy as np
 
 __all__ = ["LandmarkRig", "SolveResult", "L1", "L2"]
 
-#: default weight of the L1 (sparsity) prior on blend-shape weights (docs/avatar.md)
-L1 = 0.2
+#: default weight of the L1 (sparsity) prior on blend-shape weights (docs/pose.md)
+L1 = 0.5
 #: default weight of the L2 prior on blend-shape weights
-L2 = 0.5
+L2 = 1.0
 JAW = tuple(range(17))
 #: per-landmark weights (dlib/iBUG order)
 LANDMARK_WEIGHTS = np.ones(68)
+#: prior multipliers of blend shapes the 68 landmarks barely see (name prefix -> factor):
+#: gaze moves no landmark; a puffed cheek only the jaw line, which the detector puts on the
+#: silhouette; without these a fit explains identity and jaw-line errors with them
+PRIOR_SCALE = {"eyeLook": 10.0, "cheekPuff": 5.0}
 CHIN = (7, 8, 9)
 
 
@@ -90,6 +94,8 @@ class LandmarkRig:
         self.n_expr = ke
         self.blend = model.meta.get("expr_model_kind") == "blendshape"
         self.names = list(model.expr_names)
+        self.prior_scale = np.array([next((f for p, f in PRIOR_SCALE.items() if n.startswith(p)), 1.0)
+                                     for n in self.names]) if ke else np.zeros(0)
 
     def solve(self, landmarks68, R_cam, t, beta, focal: float, cx: float, cy: float, *, iters: int = 8,
               beta_prev: Optional[np.ndarray] = None, l1: float = L1, l2: float = L2, temporal: float = 0.0,
@@ -126,7 +132,8 @@ class LandmarkRig:
         side = np.array([-1.0] * 8 + [0.0] + [1.0] * 8)
         idx = self.lm_sub.copy()
         npose = 6 if fit_pose else 0
-        l1v = l1 if self.blend else 0.0
+        l1v = (l1 if self.blend else 0.0) * self.prior_scale
+        l2v = l2 * self.prior_scale
 
         jaws = [j for j in JAW if j not in CHIN]
         call = np.concatenate([self.cands[j] for j in jaws])
@@ -175,8 +182,8 @@ class LandmarkRig:
             H = J.T @ (J * W[:, None])
             g = J.T @ (W * r.reshape(-1))
             ib = slice(npose, npose + ke)
-            H[ib, ib] += (l2 + temporal) * np.eye(ke)
-            g[ib] += l1v + l2 * b + temporal * (b - bp)
+            H[ib, ib] += np.diag(l2v + temporal)
+            g[ib] += l1v + l2v * b + temporal * (b - bp)
             H[np.diag_indices_from(H)] += 1e-6 + 1e-3 * np.diag(H)
             free = np.ones(len(g), bool)
             free[ib] = ~(((b <= lo) & (g[ib] > 0)) | ((b >= hi) & (g[ib] < 0)))

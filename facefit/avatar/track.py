@@ -283,17 +283,24 @@ def _euler(R_head: np.ndarray):
 def smooth_track(track: Track, sigma: float) -> Track:
     """Gaussian smoothing in time (``sigma`` seconds) of rotations, translations and weights.
 
-    Rotations are averaged as matrices and projected back to the nearest rotation (SVD);
-    weights stay in the model's range. Frames are weighted by their time distance, so gaps
-    (lost frames) are handled.
+    A local-linear Gaussian smoother (each frame's value is the value at its time of a
+    straight line fitted to its neighbours with Gaussian weights in time): unlike a plain
+    Gaussian average it does not pull the first and last frames towards the inside of a
+    motion. Rotations are smoothed as matrices and projected back to the nearest rotation
+    (SVD); weights are clipped to the model's range [0, 1]. Weights depend on the frames'
+    times, so gaps (lost frames, ``every``) are handled.
     """
     from dataclasses import replace
 
     if sigma <= 0 or len(track) < 2:
         return replace(track, smooth=float(max(sigma, 0.0)))
     t = np.asarray(track.times, np.float64)
-    W = np.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
-    W /= W.sum(1, keepdims=True)
+    d = t[None, :] - t[:, None]  # (T, T): time of frame j relative to frame i
+    g = np.exp(-0.5 * (d / sigma) ** 2)
+    s0, s1, s2 = g.sum(1, keepdims=True), (g * d).sum(1, keepdims=True), (g * d * d).sum(1, keepdims=True)
+    den = s0 * s2 - s1 * s1
+    ok = den > 1e-12 * np.maximum(s0 * s2, 1e-300)
+    W = np.where(ok, g * (s2 - s1 * d) / np.where(ok, den, 1.0), g / s0)  # rows sum to 1
     R = np.einsum("ij,jab->iab", W, track.R_head)
     U, _, Vt = np.linalg.svd(R)
     d = np.sign(np.linalg.det(U @ Vt))
