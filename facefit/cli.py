@@ -268,8 +268,9 @@ def reconstruct_cmd(
         con.print(f"[yellow]no pose[/yellow] {line}", highlight=False, soft_wrap=True)
     if s.fused and s.fused.get("track"):
         tr = s.fused["track"]
-        con.print(f"tracked {tr['frames_tracked']} of {tr['frames']} frames ({tr['ms_per_frame']:.1f} ms per frame, "
-                  f"of which detection/landmarks {tr['ms_landmarks_per_frame']:.1f} ms)", highlight=False, soft_wrap=True)
+        con.print(f"tracked {tr['frames_tracked']} of {tr['frames']} frames: {tr['ms_per_frame']:.1f} ms per frame "
+                  f"(landmarks {tr['ms_landmarks_per_frame']:.1f}, fit {tr['ms_fit_per_frame']:.1f}); "
+                  f"{tr['redetections']} detection(s), {tr['ms_per_detection']:.0f} ms each", highlight=False, soft_wrap=True)
     if s.manifest is None:  # one face: list its files; a folder job has the manifest
         for p in s.outputs:
             typer.echo(str(p))
