@@ -172,3 +172,25 @@ def test_pose_outputs_are_all_or_nothing(untrained_checkpoint, tmp_path, capsys,
     assert rc == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_pose_with_blendshapes_sets_the_rest_expression(untrained_checkpoint):
+    """--pose --blendshapes: the avatar's default morph weights are the photo's expression,
+    and the posed mesh is the complete head."""
+    face = reconstruct(EXAMPLE, checkpoint=untrained_checkpoint, pose=True, blendshapes=True)[0]
+    mt = face.morph_targets
+    assert face.pose is not None and face.morph_weights is not None
+    w = dict(zip(mt.names, face.morph_weights))
+    assert w["mouthSmileLeft"] == pytest.approx(face.pose.expression["mouthSmile_L"], abs=1e-6) and w["mouthSmileLeft"] > 0.2
+    from facefit.avatar.files import mesh_model
+    from facefit.avatar.pose import posed_mesh
+    from facefit.model_io import resolve_model
+
+    model = resolve_model(None)
+    head = mesh_model(model, face.mesh)
+    assert head.n_vertices == face.mesh.num_vertices > model.n_vertices
+    posed = posed_mesh(head, face.mesh, face.shape_coeffs, face.pose)
+    # its face-area landmark vertices project onto the photo's inner landmarks
+    uv = face.pose.focal * posed.vertices[model.landmarks, :2] / posed.vertices[model.landmarks, 2:3]
+    uv = uv + np.array([face.pose.cx, face.pose.cy])
+    assert np.linalg.norm(uv[17:] - face.landmarks68[17:], axis=1).mean() < 3.0
