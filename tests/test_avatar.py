@@ -62,7 +62,17 @@ def test_head_closes_the_face_and_keeps_identity(head_setup):
     b_head = _boundary_edges(hm.triangles)
     # the face area's eye and mouth holes (and its outer rim) are closed in the head
     assert len(b_face) > 300 and not (b_face & b_head)
-    # what stays open is only ICT's own: the neck's lower rim, the sockets' and eyes' inner rims
+    # what stays open is exactly ICT's own for these parts: no kept triangle lost a neighbour
+    from facefit.loaders.ict import IctSource
+    from facefit.loaders.obj import parse_obj_mesh
+    from facefit.model_io import find_shared_ict
+
+    with IctSource(find_shared_ict()) as src:
+        ict = parse_obj_mesh(src.read("generic_neutral_mesh.obj"), name="neutral")
+    kept = (ict["triangles"] < 24591)
+    assert not (kept.any(1) & ~kept.all(1)).any()  # the left-out overlays share no triangle with the rest
+    assert b_head == _boundary_edges(ict["triangles"][kept.all(1)])
+    # (the neck's lower rim, the sockets' inner rims)
     open_v = np.unique(np.array(sorted(b_head)))
     assert (open_v >= 9409).all()
     neck = open_v[(open_v >= 9409) & (open_v < 11248)]
@@ -253,4 +263,10 @@ def test_pca_expressions_are_numbered(tmp_path):
     with pytest.raises(FacefitError, match="strictly increasing"):
         save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", mt.as_dict(),
                         animation=AvatarAnimation(times=np.array([0.0, 0.0]), weights=np.zeros((2, 3))))
+    with pytest.raises(FacefitError, match="finite"):
+        save_glb_avatar(FaceMesh(v, tri), tmp_path / "bad.glb", mt.as_dict(), [np.nan, 0, 0])
     assert not (tmp_path / "bad.glb").exists()
+    from facefit.avatar.head import head_model_for
+
+    with pytest.raises(FacefitError, match="ICT-FaceKit"):
+        head_model_for(m)  # only ICT-FaceKit has a head here

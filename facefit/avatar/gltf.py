@@ -167,10 +167,13 @@ def _default_weights(default_weights, names: list[str]) -> list[float]:
         unknown = [k for k in default_weights if k not in names]
         if unknown:
             raise FacefitError(f"default weights for unknown morph target(s): {', '.join(map(str, unknown[:5]))}")
-        return [float(default_weights.get(n, 0.0)) for n in names]
-    w = np.asarray(default_weights, np.float64).reshape(-1)
+        w = np.array([float(default_weights.get(n, 0.0)) for n in names])
+    else:
+        w = np.asarray(default_weights, np.float64).reshape(-1)
     if len(w) != len(names):
         raise FacefitError(f"default_weights has {len(w)} values for {len(names)} morph targets")
+    if not np.isfinite(w).all():
+        raise FacefitError("default_weights must be finite")
     return [float(x) for x in w]
 
 

@@ -31,7 +31,6 @@ part.
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 
 import numpy as np
 
@@ -196,32 +195,37 @@ def atlas_uv(uv: np.ndarray, uv_triangles: np.ndarray, triangles: np.ndarray) ->
     return new.astype(np.float32), inverse.reshape(-1, 3).astype(np.int64)
 
 
-@lru_cache(maxsize=4)
-def _surface_distance(key: str, n: int, tri_bytes: bytes, mean_bytes: bytes) -> np.ndarray:
-    """(n,) mm along the skin surface (face + head/neck) from the head/neck part."""
+_DISTANCES: dict = {}
+
+
+def _surface_distance(tri: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(V,) mm along the skin surface (face + head/neck) from the head/neck part."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import dijkstra
 
-    tri = np.frombuffer(tri_bytes, np.int64).reshape(-1, 3)
-    v = np.frombuffer(mean_bytes, np.float32).reshape(-1, 3)
     stop = PARTS["head_neck"][1]
     skin_tri = tri[(tri < stop).all(1)]
     e = np.concatenate([skin_tri[:, [0, 1]], skin_tri[:, [1, 2]], skin_tri[:, [2, 0]]])
     w = np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1) + 1e-6
     g = sp.coo_matrix((w, (e[:, 0], e[:, 1])), shape=(stop, stop)).tocsr()
-    sources = np.arange(*PARTS["head_neck"])
-    d = dijkstra(g, directed=False, indices=sources, min_only=True)
-    out = np.full(n, np.inf)
+    d = dijkstra(g, directed=False, indices=np.arange(*PARTS["head_neck"]), min_only=True)
+    out = np.full(len(v), np.inf)
     out[:stop] = d
+    out.flags.writeable = False
     return out
 
 
 def border_distance(head) -> np.ndarray:
     """(V,) mm along the skin surface of the mean head from the head/neck part (0 there,
-    inf off the skin)."""
-    tri = np.ascontiguousarray(head.triangles, np.int64)
-    mean = np.ascontiguousarray(head.mean_shape, np.float32)
-    return _surface_distance(head.content_hash, head.n_vertices, tri.tobytes(), mean.tobytes())
+    inf off the skin); computed once per head model (read-only)."""
+    key = head.content_hash
+    with _LOCK:
+        hit = _DISTANCES.get(key)
+    if hit is None:
+        hit = _surface_distance(np.asarray(head.triangles, np.int64), np.asarray(head.mean_shape, np.float64))
+        with _LOCK:
+            _DISTANCES[key] = hit
+    return hit
 
 
 def _feature_distance(points: np.ndarray, landmark_points: np.ndarray) -> np.ndarray:
