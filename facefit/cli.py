@@ -208,6 +208,12 @@ def reconstruct_cmd(
     blendshapes: bool = typer.Option(False, "--blendshapes", help="An animatable GLB: the model's expressions as morph "
                                      "targets on the person's own head, named after ARKit (needs .glb output; "
                                      "docs/avatar.md)."),
+    pose: bool = typer.Option(False, "--pose", help="Also fit each photo's head pose, camera and expression: writes NAME_posed.<fmt> "
+                              "(the face with the photo's expression in the photo's camera) and NAME_overlay.png; with --fuse "
+                              "on a video, a per-frame track NAME_track.csv and an animated NAME_track.glb (docs/pose.md)."),
+    track_every: int = typer.Option(1, "--track-every", min=1, max=1000, help="With --fuse --pose on a video: track every Nth frame."),
+    track_smooth: Optional[float] = typer.Option(None, "--track-smooth", min=0.0, max=10.0, help="With --fuse --pose: temporal "
+                                                 "smoothing of the track, Gaussian sigma in seconds (default 0.04; 0 = off)."),
 ):
     """Reconstruct neutral 3D faces from photos, folders or videos.
 
@@ -234,7 +240,8 @@ def reconstruct_cmd(
                   render=render, render_size=render_size, fuse=fuse, all_faces=all_faces,
                   texture=None if texture == "model" else texture, units=units, skip_existing=skip_existing,
                   detector=detector, device=device, progress=sys.stderr.isatty(), batch_size=batch_size,
-                  refine=refine, head=head, blendshapes=blendshapes)
+                  refine=refine, head=head, blendshapes=blendshapes, pose=pose, track_every=track_every,
+                  track_smooth=track_smooth)
     con = Console(stderr=True)
     if s.manifest is not None or s.failed or s.skipped:
         t = Table(title="facefit reconstruct")
@@ -257,6 +264,13 @@ def reconstruct_cmd(
                   f"fused face on average (least consistent image: {f['consistency_mm_max']:.2f} mm)"
                   + (f"; texture from {f['texture_from']}" if f.get("texture_from") else ""), highlight=False,
                   soft_wrap=True)
+    for line in s.pose_errors[:10]:
+        con.print(f"[yellow]no pose[/yellow] {line}", highlight=False, soft_wrap=True)
+    if s.fused and s.fused.get("track"):
+        tr = s.fused["track"]
+        con.print(f"tracked {tr['frames_tracked']} of {tr['frames']} frames: {tr['ms_per_frame']:.1f} ms per frame "
+                  f"(landmarks {tr['ms_landmarks_per_frame']:.1f}, fit {tr['ms_fit_per_frame']:.1f}); "
+                  f"{tr['redetections']} detection(s), {tr['ms_per_detection']:.0f} ms each", highlight=False, soft_wrap=True)
     if s.manifest is None:  # one face: list its files; a folder job has the manifest
         for p in s.outputs:
             typer.echo(str(p))

@@ -229,6 +229,10 @@ class Reconstruction:
         box: (4,) detector box or None; landmarks68: (68, 2) or None; score: detector score.
         timing: seconds per stage.
         extra: more fields for the coefficient record (e.g. fusion statistics).
+        pose: with ``pose=True``, the photo's :class:`facefit.avatar.pose.PoseFit` (head pose,
+            camera, expression weights by name); None when not asked for or when the fit
+            failed (then ``extra["pose_error"]`` says why).
+        track: with ``fuse`` and ``pose`` on a video, its :class:`facefit.avatar.track.Track`.
     """
 
     source: str
@@ -246,6 +250,8 @@ class Reconstruction:
     #: default morph weights (K,) or None (all 0); a GLB output then carries them
     morph_targets: Optional[Any] = None
     morph_weights: Optional[np.ndarray] = None
+    pose: Optional[Any] = None
+    track: Optional[Any] = None
 
     def coeffs_record(self) -> dict:
         """The ``--save-coeffs`` record (see :mod:`facefit.coeffs_io`)."""
@@ -264,6 +270,8 @@ class Reconstruction:
             "timing": self.timing,
         }
         rec.update(self.extra)
+        if self.pose is not None:
+            rec["pose"] = self.pose.record()
         return rec
 
 
@@ -354,11 +362,12 @@ class Reconstructor:
         blendshapes: give each reconstruction the model's expressions as named morph
             targets (:mod:`facefit.avatar.rig`; written into GLB outputs). Implies ``head``
             for ICT-FaceKit models.
+        pose: also fit each face's pose, camera and expression (:mod:`facefit.avatar.pose`).
     """
 
     def __init__(self, checkpoint=None, model=None, device=None, detector: str = "dlib",
                  all_faces: bool = False, batch_size: int = 32, refine: int = 0, head: bool = False,
-                 blendshapes: bool = False):
+                 blendshapes: bool = False, pose: bool = False):
         from .model_io import resolve_model
         from .regressor import Regressor
 
@@ -385,6 +394,7 @@ class Reconstructor:
         from .refine import RefineSettings
 
         self.refine_settings = RefineSettings(steps=int(refine))
+        self.pose = bool(pose)
         # an ICT avatar opens its mouth and moves its eyes: it needs the head's teeth and eyes
         self.head = bool(head) or (bool(blendshapes) and model.meta.get("source") == "ICT-FaceKit")
         self.blendshapes = bool(blendshapes)
@@ -533,6 +543,9 @@ def reconstruct(
     refine: int = 0,
     head: bool = False,
     blendshapes: bool = False,
+    pose: bool = False,
+    track_every: int = 1,
+    track_smooth: Optional[float] = None,
 ) -> list[Reconstruction]:
     """Reconstruct faces from images, without writing anything.
 
@@ -555,6 +568,11 @@ def reconstruct(
             :mod:`facefit.refine`); the result's ``extra["refine"]`` has the identity score
             before and after.
         head, blendshapes: see :class:`Reconstructor` (the complete head; morph targets).
+        pose: also fit each face's head pose, camera and expression weights to its photo
+            (``Reconstruction.pose``, :mod:`facefit.avatar.pose`). With ``fuse`` the input
+            must include one video: it is tracked frame by frame (``Reconstruction.track``,
+            :mod:`facefit.avatar.track`; every ``track_every``-th frame, temporal smoothing
+            ``track_smooth`` seconds, None = the default).
     Returns:
         list of :class:`Reconstruction` (one per face; one in all with ``fuse``).
     Raises:
@@ -572,7 +590,8 @@ def reconstruct(
         skipped.append((label, _error_text(e)))
 
     rec = reconstructor or Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                                         refine=refine, head=head, blendshapes=blendshapes)
+                                         refine=refine, head=head, blendshapes=blendshapes, pose=pose)
+    pose = pose or rec.pose
     items: list[InputItem] = []
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
@@ -644,6 +663,11 @@ def reconstruct(
             photo = replace(r, source=it.label, box=face.box, landmarks68=face.landmarks68, score=float(face.score))
             r.mesh = rec.texture(photo, image)
             r.extra["texture_from"] = it.label
+        if pose:
+            from .avatar.track import track_inputs
+
+            r.track = track_inputs(rec, [p for p, _ in pairs], r.shape_coeffs, every=track_every, smooth=track_smooth)
+            r.extra["track"] = r.track.summary()
         return [r]
 
     t0 = time.perf_counter()
@@ -657,12 +681,12 @@ def reconstruct(
         per_item[id(it)] = j + 1
         name = _names(it, j + 1)[j]
         out.append(_face_reconstruction(rec, it.label, name, shapes[k], colors[k], feats[k], face,
-                                        {**timing, "encode": t_enc, "decode": t_dec}, refs[k], texture, image))
+                                        {**timing, "encode": t_enc, "decode": t_dec}, refs[k], texture, image, pose))
     return out
 
 
 def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, color, feat, face, timing: dict,
-                         ref: Optional[dict], texture: str, image) -> Reconstruction:
+                         ref: Optional[dict], texture: str, image, pose: Optional[bool] = None) -> Reconstruction:
     """One detected face's :class:`Reconstruction` (mesh, provenance, optional photo texture)."""
     r = Reconstruction(label, name, rec.mesh(shape, color, {"source": label}), shape, color, feat.cpu().numpy(),
                        box=face.box, landmarks68=face.landmarks68, score=float(face.score),
@@ -672,6 +696,10 @@ def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, col
         r.morph_targets = rec.morph_targets()
     if texture == "photo":
         r.mesh = rec.texture(r, image)
+    if (rec.pose if pose is None else pose) and image is not None:
+        from .avatar.pose import attach_pose
+
+        attach_pose(rec.model, r, image)
     return r
 
 
@@ -697,6 +725,7 @@ class BatchSummary:
     errors: list = field(default_factory=list)
     manifest: Optional[Path] = None
     fused: Optional[dict] = None
+    pose_errors: list = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -748,14 +777,19 @@ class _Manifest:
             raise FacefitError(describe_os_error(self.path, e)) from None
 
 
-def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str], render: bool) -> dict:
-    """Where the outputs of one face go."""
+def output_paths(out_dir: Path, name: str, fmt: str, save_coeffs: Optional[str], render: bool,
+                 pose: bool = False, track: bool = False) -> dict:
+    """Where the outputs of one face go (``pose``/``track``: see :mod:`facefit.avatar.files`)."""
     base = out_dir / name
     paths = {"mesh": base.with_name(base.name + "." + fmt)}
     if save_coeffs:
         paths["coeffs"] = base.with_name(base.name + "." + save_coeffs)
     if render:
         paths["turntable"] = base.with_name(base.name + "_turntable")
+    if pose or track:
+        from .avatar.files import avatar_paths
+
+        paths.update(avatar_paths(base, fmt, pose=pose, track=track))
     return paths
 
 
@@ -775,6 +809,9 @@ def expected_files(paths: dict, companions: bool = False) -> list[Path]:
         files.append(paths["coeffs"])
     if "turntable" in paths:
         files.extend(_turntable_paths(paths["turntable"]))
+    from .avatar.files import avatar_files
+
+    files.extend(avatar_files(paths, companions))
     return files
 
 
@@ -823,6 +860,10 @@ def write_outputs(r: Reconstruction, paths: dict, render_size: int = 256, frames
             from .turntable import write_turntable
 
             written.extend(write_turntable(r.mesh, paths["turntable"], frames=frames, size=render_size, model=model))
+        from .avatar.files import AVATAR_KEYS, write_avatar_outputs
+
+        if any(k in paths for k in AVATAR_KEYS):
+            written.extend(write_avatar_outputs(r, paths, model, units=units))
         # the mesh last: its presence marks the face as done (for skip_existing)
         if r.morph_targets is not None and paths["mesh"].suffix.lower() == ".glb":
             from .avatar.gltf import save_glb_avatar
@@ -860,6 +901,9 @@ def run_batch(
     refine: int = 0,
     head: bool = False,
     blendshapes: bool = False,
+    pose: bool = False,
+    track_every: int = 1,
+    track_smooth: Optional[float] = None,
 ) -> BatchSummary:
     """Reconstruct inputs to files.
 
@@ -890,6 +934,11 @@ def run_batch(
             units) is not redone.
         progress: show a rich progress bar.
         batch_size: faces per encoder batch (outputs are written after each batch).
+        pose: also write each face's ``<name>_posed.<fmt>`` and ``<name>_overlay.png``
+            (:mod:`facefit.avatar`); a face whose pose fit fails keeps its other outputs and
+            its manifest line says ``pose_error``. With ``fuse``: the video among the inputs
+            is tracked into ``<name>_track.csv`` and ``<name>_track.glb`` (every
+            ``track_every``-th frame, smoothing ``track_smooth`` seconds).
     Returns:
         :class:`BatchSummary`. In folder mode ``manifest.jsonl`` in the output folder
         describes THIS run, one JSON line per input (per frame for videos, per unreadable
@@ -952,7 +1001,8 @@ def run_batch(
     if blendshapes and fmt != "glb":
         raise FacefitError(f"--blendshapes writes morph targets into glTF: use a .glb output (or --format glb), not {fmt}")
     rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                        batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes)
+                        batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes,
+                        pose=pose and not fuse)
     summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME)
     manifest = None if single_file else _Manifest(summary.manifest)
 
@@ -974,7 +1024,8 @@ def run_batch(
         left: list = []
         try:
             rs = reconstruct([p for p, _ in pairs], reconstructor=rec, fuse=True, texture=texture,
-                             on_error="skip", errors=left)
+                             on_error="skip", errors=left, pose=pose, track_every=track_every,
+                             track_smooth=track_smooth)
         except NoFaceError:
             rs = []
         except Exception as e:  # e.g. texturing: the manifest still says what happened
@@ -995,7 +1046,7 @@ def run_batch(
             raise NoFaceError(f"--fuse: no face found in any of the {len(pairs)} inputs"
                               + (f" ({shown}{more})" if shown else ""))
         r = rs[0]
-        paths = output_paths(out_dir, out.stem if single_file else r.name, fmt, save_coeffs, render)
+        paths = output_paths(out_dir, out.stem if single_file else r.name, fmt, save_coeffs, render, track=pose)
         if single_file:
             paths["mesh"] = out
         try:
@@ -1009,7 +1060,7 @@ def run_batch(
         summary.processed, summary.faces = len(r.extra["fused_from"]), 1
         summary.outputs.extend(written)
         summary.fused = {k: r.extra[k] for k in ("n_fused", "consistency_mm_mean", "consistency_mm_max",
-                                                 "texture_from") if k in r.extra}
+                                                 "texture_from", "track") if k in r.extra}
         note({"input": "fused", "status": "ok", "faces": 1, "outputs": [str(p) for p in written], **r.extra})
         if manifest is not None:
             manifest.finish()
@@ -1045,7 +1096,7 @@ def run_batch(
                 return
             for it, faces in by_item.values():
                 names = _names(it, len(faces))
-                written_all = []
+                written_all, pose_errors = [], []
                 try:
                     if single_file and len(faces) > 1:
                         raise FacefitError(
@@ -1056,10 +1107,12 @@ def run_batch(
                                                  {**timing, "encode": (t1 - t0) / len(pending),
                                                   "decode": (t2 - t1) / len(pending)}, refs[k], texture, image)
                         if single_file:  # outputs named after -o, e.g. face.obj, face.json
-                            paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render)
+                            paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render, pose)
                             paths["mesh"] = out
                         else:
-                            paths = output_paths(out_dir, name, fmt, save_coeffs, render)
+                            paths = output_paths(out_dir, name, fmt, save_coeffs, render, pose)
+                        if "pose_error" in r.extra:
+                            pose_errors.append(f"{it.label}: {r.extra['pose_error']}")
                         tw = time.perf_counter()
                         written = write_outputs(r, paths, render_size, model=rec.model, units=units)
                         r.timing["write"] = time.perf_counter() - tw
@@ -1073,9 +1126,11 @@ def run_batch(
                     raise
                 summary.processed += 1
                 summary.faces += len(faces)
+                summary.pose_errors.extend(pose_errors)
                 summary.outputs.extend(written_all)
                 note({"input": it.label, "status": "ok", "faces": len(faces),
-                      "outputs": [str(p) for p in written_all], "timing": r.timing})
+                      "outputs": [str(p) for p in written_all], "timing": r.timing,
+                      **({"pose_error": "; ".join(pose_errors)} if pose_errors else {})})
             pending.clear()
 
         for it in items:
@@ -1084,7 +1139,7 @@ def run_batch(
                 bar.advance(task)
                 continue
             if skip_existing and not single_file:
-                paths = output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render)
+                paths = output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render, pose)
                 if all(p.exists() for p in expected_files(paths)):
                     done = [p for p in expected_files(paths, companions=True) if p.exists()]
                     summary.skipped += 1
@@ -1098,7 +1153,7 @@ def run_batch(
                 bar.advance(task)
                 continue
             for face, crop in crops:
-                pending.append((it, face, crop, timing, image if texture == "photo" else None))
+                pending.append((it, face, crop, timing, image if (texture == "photo" or pose) else None))
             if len(pending) >= rec.batch_size:
                 flush()
             bar.advance(task)
