@@ -59,6 +59,8 @@ import torch.nn.functional as F
 
 from facefit.faces.chips import (  # noqa: F401 - re-exported: the chip is part of this module's API
     _DLIB_68_USED,
+    _DLIB_MEAN_FACE_X,
+    _DLIB_MEAN_FACE_Y,
     _DLIB_TEMPLATE_5,
     _DLIB_TEMPLATE_68,
     DLIB5_FROM_68,
