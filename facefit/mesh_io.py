@@ -288,6 +288,27 @@ def _format_rows(fmt: str, rows: np.ndarray) -> str:
     return ((fmt + "\n") * len(rows)) % tuple(rows.ravel().tolist())
 
 
+_ROWS_CACHE: dict = {}
+_ROWS_CACHE_MAX = 8
+
+
+def _format_rows_cached(fmt: str, rows: np.ndarray) -> str:
+    """:func:`_format_rows` for rows that repeat from mesh to mesh (UVs, face indices of
+    one model): the text is kept for the last few distinct arrays (by content hash), so a
+    folder of faces of one model formats them once."""
+    import hashlib
+
+    rows = np.ascontiguousarray(rows)
+    key = (fmt, rows.dtype.str, rows.shape, hashlib.blake2b(rows.data, digest_size=16).digest())
+    text = _ROWS_CACHE.get(key)
+    if text is None:
+        text = _format_rows(fmt, rows)
+        if len(_ROWS_CACHE) >= _ROWS_CACHE_MAX:
+            _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
+        _ROWS_CACHE[key] = text
+    return text
+
+
 def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> list[Path]:
     """OBJ text (+ .mtl/.png when textured); all files committed together at the end.
 
@@ -314,14 +335,14 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     else:
         out.write(_format_rows("v %.9g %.9g %.9g", vertices))
     if mesh.uv is not None:
-        out.write(_format_rows("vt %.9g %.9g", mesh.uv))
+        out.write(_format_rows_cached("vt %.9g %.9g", mesh.uv))
     if textured:
         out.write(f"usemtl {material}\n")
     if mesh.uv is not None:
         corners = np.stack([mesh.triangles + 1, mesh.uv_triangles + 1], axis=2).reshape(-1, 6)
-        out.write(_format_rows("f %d/%d %d/%d %d/%d", corners))
+        out.write(_format_rows_cached("f %d/%d %d/%d %d/%d", corners))
     else:
-        out.write(_format_rows("f %d %d %d", mesh.triangles + 1))
+        out.write(_format_rows_cached("f %d %d %d", mesh.triangles + 1))
 
     # ExitStack exits last-in first-out: enter the OBJ first so it is committed last.
     with contextlib.ExitStack() as stack:
