@@ -256,14 +256,9 @@ def bake_vertex_colors(uv, uv_triangles, triangles, colors, size: int = BAKE_SIZ
     if len(raster.texels) == 0:
         return fill_texture(raster, np.zeros((0, 3), np.uint8), empty=_to_u8(col.mean(0)) if len(col) else (0, 0, 0))
     tri = tri.astype(np.int64, copy=False)
-    corners, bary = _cached(("bake", layout, size, _digest(tri), len(col)),
-                            lambda: _bake_weights(raster, tri, len(col)))
-    # texel colour = its three barycentric weights . its triangle's vertex colours, summed in
-    # this order in float32 (the numbers a sparse (size^2, V) matrix product gives)
-    baked = bary[:, 0, None] * col[corners[:, 0]]
-    baked += bary[:, 1, None] * col[corners[:, 1]]
-    baked += bary[:, 2, None] * col[corners[:, 2]]
-    return _to_u8(baked).reshape(size, size, 3)
+    weights = _cached(("bake", layout, size, _digest(tri), len(col)),
+                      lambda: _bake_weights(raster, tri, len(col)))
+    return _to_u8(weights @ col).reshape(size, size, 3)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
@@ -271,18 +266,20 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(x, np.float32) * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
-def _bake_weights(raster: UVRaster, triangles: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per texel (covered, or padded from its nearest covered texel) the three vertices of
-    its triangle and their barycentric weights: (size * size, 3) int64 vertex ids and
-    (size * size, 3) float32 weights; a texel's colour is their weighted sum."""
+def _bake_weights(raster: UVRaster, triangles: np.ndarray, n_vertices: int):
+    """(size * size, V) sparse matrix: texel colour = its row @ vertex colours.
+
+    Each texel (covered, or padded from its nearest covered texel) has the three
+    barycentric weights of its triangle's vertices, so baking is one sparse product.
+    """
+    import scipy.sparse as sp
+
     src = raster.nearest  # covered texel each texel takes its colour from
-    corners = np.ascontiguousarray(triangles[raster.triangles[src]])  # (S^2, 3) vertex ids
-    bary = np.ascontiguousarray(raster.bary[src], dtype=np.float32)  # (S^2, 3)
-    if corners.size and corners.max() >= n_vertices:
-        raise FacefitError(f"triangle indices out of range [0, {n_vertices})")
-    for a in (corners, bary):
-        a.flags.writeable = False  # shared through the cache
-    return corners, bary
+    corners = triangles[raster.triangles[src]]  # (S^2, 3) vertex ids
+    bary = raster.bary[src]  # (S^2, 3)
+    n = len(src)
+    return sp.csr_matrix((bary.reshape(-1), corners.reshape(-1), np.arange(0, 3 * n + 1, 3)),
+                         shape=(n, n_vertices))
 
 
 def _srgb_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
