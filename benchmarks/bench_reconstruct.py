@@ -73,9 +73,15 @@ def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: models loaded and caches filled before timing
         Reconstructor(checkpoint)
+        self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         s = run_batch([folder], tmp, checkpoint=checkpoint, fmt=fmt, progress=False, on_item=on_item, batch_size=32)
         wall = time.perf_counter() - t0
+        self1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_main = (self1.ru_utime - self0.ru_utime) + (self1.ru_stime - self0.ru_stime)
+    cpu_workers = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
+    n_in = s.processed + s.failed
+    cores = min(2, os.cpu_count() or 1)
 
     rec = Reconstructor(checkpoint)
     crops = np.random.default_rng(0).integers(0, 255, (32, rec.encoder.input_size, rec.encoder.input_size, 3),
@@ -104,6 +110,13 @@ def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
         "photos_per_second_successful": round(s.processed / wall, 2),
         # per-face stage times: load/detect/align are measured in the worker processes
         "ms_per_face_by_stage": {k: round(1000 * float(np.mean(v)), 2) for k, v in stages.items() if v},
+        # CPU per input of the main process (encode, decode, write) and of the detection
+        # workers (load, detect, align); with them, the throughput an otherwise idle machine
+        # with `cores` cores would reach: limited by the main process or by all the work
+        "cpu_ms_per_input_main": round(1000 * cpu_main / max(n_in, 1), 2),
+        "cpu_ms_per_input_workers": round(1000 * cpu_workers / max(n_in, 1), 2),
+        "idle_estimate_cores": cores,
+        "idle_estimate_photos_per_second": round(n_in / max(cpu_main, (cpu_main + cpu_workers) / cores, 1e-9), 2),
         "encoder_plus_decoder_ms_per_face_batch32": round(1000 * (t_enc + t_dec), 2),
         "encoder_ms_per_face": round(1000 * t_enc, 2),
         "decoder_ms_per_face": round(1000 * t_dec, 3),
@@ -210,10 +223,17 @@ def _load() -> list[float]:
 def cli_path(args, folder: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="facefit-bench-"))
     try:
-        versions = {"new": REPO}
+        versions = {"new": old_checkout(args.new_ref, tmp / "new") if args.new_ref else REPO}
         if args.old_ref:
             versions["old"] = old_checkout(args.old_ref, tmp / "old")
         big = large_folder(folder, args.large_n, args.large_side, tmp / "large")
+        if args.subset:  # every k-th photo, linked into a temporary folder
+            files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            pick = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(args.subset, len(files)))]
+            folder = tmp / "subset"
+            for k, p in enumerate(pick):
+                (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+                (folder / p.parent.name / p.name).symlink_to(p.resolve())
         env = {**os.environ}
         env.pop("FACEFIT_WORKERS", None)
         n_small = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -269,6 +289,8 @@ def main():
     ap.add_argument("--cli", action="store_true", help="also time the command line in subprocesses")
     ap.add_argument("--no-library", action="store_true", help="skip the library-path part")
     ap.add_argument("--old-ref", default=None, help="git commit to compare with (e.g. aca9dd3)")
+    ap.add_argument("--new-ref", default=None, help="git commit to measure as 'new' (default: this checkout as it is)")
+    ap.add_argument("--subset", type=int, default=0, help="CLI folder runs on this many evenly spread photos (0: all)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--large-n", type=int, default=40, help="photos in the large-photo folder")
     ap.add_argument("--large-side", type=int, default=1200)
@@ -280,8 +302,7 @@ def main():
         res.update(library_path(args.folder, args.checkpoint, args.threads, args.format))
     if args.cli:
         res["cli"] = cli_path(args, Path(args.folder))
-        if args.old_ref:
-            res["cli"]["old_ref"] = args.old_ref
+        res["cli"].update(old_ref=args.old_ref, new_ref=args.new_ref or "working tree", subset=args.subset)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:
