@@ -288,6 +288,19 @@ def _format_rows(fmt: str, rows: np.ndarray) -> str:
     return ((fmt + "\n") * len(rows)) % tuple(rows.ravel().tolist())
 
 
+_BACKGROUND: list = []
+
+
+def _background():
+    """One helper thread for work that releases the GIL (PNG encoding) while the calling
+    thread formats text; created on first use."""
+    if not _BACKGROUND:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _BACKGROUND.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="facefit-png"))
+    return _BACKGROUND[0]
+
+
 _ROWS_CACHE: dict = {}
 _ROWS_CACHE_MAX = 8
 
@@ -320,8 +333,8 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     textured = bake or mesh.texture is not None
     material = _VERTEX_COLOR_MATERIAL if bake else _MATERIAL_NAME
     mtl_path, png_path = obj_companions(path)
-    if textured:
-        png = _texture_png(mesh, bake)  # baking + encoding: about 10 ms for 512 px
+    if textured:  # baking + PNG encoding (about 10 ms for 512 px, GIL released) beside the OBJ text
+        png_job = _background().submit(_texture_png, mesh, bake)
     out = io.StringIO()
     for line in _header_lines(meta):
         out.write(f"# {line}\n")
@@ -344,6 +357,8 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     else:
         out.write(_format_rows_cached("f %d %d %d", mesh.triangles + 1))
 
+    if textured:
+        png = png_job.result()
     # ExitStack exits last-in first-out: enter the OBJ first so it is committed last.
     with contextlib.ExitStack() as stack:
         f_obj = stack.enter_context(atomic_write(path, "w", encoding="utf-8", newline="\n"))
