@@ -39,9 +39,10 @@ def _cpus() -> int:
 
 def worker_count(n_inputs: int) -> int:
     """Detection workers for ``n_inputs`` inputs: ``$FACEFIT_WORKERS`` if set, else one per
-    CPU core (the main process's encoding and writing share the cores with them: measured
-    best on 2 cores, see docs/speed.md), never more than there are inputs; 0 for a single
-    core."""
+    CPU core (they share the cores with the main process's encoding and writing: on 250 px
+    photos one worker keeps up with the main process, on large photos detection costs more
+    than encoding + writing and the second one is needed), never more than there are
+    inputs; 0 on a single core."""
     env = os.environ.get(ENV_WORKERS, "").strip()
     if env:
         try:
