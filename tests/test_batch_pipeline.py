@@ -120,3 +120,31 @@ def test_help_and_version_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_workers_die_with_a_killed_main_process():
+    import time
+
+    code = ("import os, signal\n"
+            "from facefit.batch import workers\n"
+            "from facefit.batch.ahead import _new_pool\n"
+            "pool = _new_pool('yunet', 2)\n"
+            "pids = {pool.submit(os.getpid).result() for _ in range(8)}\n"
+            "print(' '.join(map(str, sorted(pids))), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == -9, r.stderr
+    pids = [int(p) for p in r.stdout.split()]
+    assert pids
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + 20
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids)

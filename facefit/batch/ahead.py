@@ -63,7 +63,7 @@ def _context():
 
 def _new_pool(detector: str, n: int) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(max_workers=n, mp_context=_context(), initializer=workers.init_worker,
-                               initargs=(detector,))
+                               initargs=(detector, os.getpid()))
     for _ in range(n):  # start them all now (before any other thread exists in this process)
         pool.submit(workers.ready)
     return pool

@@ -8,6 +8,7 @@ dlib encoder; other crops use :func:`facefit.faces.alignment.crop_for_net`.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import sys
@@ -16,9 +17,26 @@ import time
 from facefit.errors import FacefitError, NoFaceError
 
 
-def init_worker(detector: str) -> None:
-    """Worker start: ignore Ctrl-C (the main process stops the pool), one thread for
-    OpenCV, and load the detector's models now (while the main process loads torch)."""
+def _die_with(parent_pid: int) -> None:
+    """End this worker when the main process ends, however it ends (a killed main process
+    would otherwise leave idle workers holding its stdout/stderr open): Linux's
+    ``PR_SET_PDEATHSIG``, and an exit now if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def init_worker(detector: str, parent_pid: int = 0) -> None:
+    """Worker start: die with the main process, ignore Ctrl-C (the main process stops the
+    pool), one thread for OpenCV, and load the detector's models now (while the main
+    process loads torch)."""
+    _die_with(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import cv2
