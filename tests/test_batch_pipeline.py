@@ -148,3 +148,18 @@ def test_workers_die_with_a_killed_main_process():
     while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(alive(p) for p in pids)
+
+
+def test_workers_start_after_opencv_threads_ran(untrained_checkpoint, tmp_path, monkeypatch):
+    """A process whose OpenCV thread pool has run (resize, blur) forks workers that work."""
+    img = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    for _ in range(3):
+        cv2.resize(img, (600, 600), interpolation=cv2.INTER_AREA)
+        cv2.GaussianBlur(img, (31, 31), 5)
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((DEV / "Tony_Blair").glob("*.jpg"))[:2]:
+        shutil.copy(p, src / p.name)
+    monkeypatch.setenv("FACEFIT_WORKERS", "2")
+    s = run_batch([src], tmp_path / "out", checkpoint=untrained_checkpoint, progress=False)
+    assert s.processed == 2

@@ -34,18 +34,13 @@ def _die_with(parent_pid: int) -> None:
 
 def init_worker(detector: str, parent_pid: int = 0) -> None:
     """Worker start: die with the main process, ignore Ctrl-C (the main process stops the
-    pool), one thread for OpenCV, and load the detector's models now (while the main
-    process loads torch)."""
+    pool), and load the detector's models now (while the main process loads torch).
+
+    Thread-pool settings are left alone: ``cv2.setNumThreads`` in a child forked from a
+    process whose OpenCV thread pool has run hangs for good (measured), and the default
+    crop path does not use torch."""
     _die_with(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001 - OpenCV problems surface per photo
-        pass
-    if "torch" in sys.modules:  # forked from a process that had torch: no thread pool fights
-        sys.modules["torch"].set_num_threads(1)
     if detector == "dlib":
         from facefit.faces.detection import _dlib_models
 
