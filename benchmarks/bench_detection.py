@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_detection.py [--data ../shared/data/faces-dev] [--backends dlib,mtcnn,yunet]
     python benchmarks/bench_detection.py --calibrate   # MTCNN/YuNet box vs HOG box
+    python benchmarks/bench_detection.py --coarse [--upscale 1200]  # dlib: coarse pass vs full search
 
 Per backend: photos with >= 1 face, mean/median seconds per photo for
 ``detect_faces(img, backend, all_faces=False)`` (detection + dlib 68/5-point landmarks; image
@@ -123,18 +124,70 @@ def calibrate(photos, backends):
     return out
 
 
+def coarse(photos, upscale: int = 0):
+    """dlib backend: the main face's landmarks with the coarse first pass (what
+    ``detect_faces`` does) against the full search alone, in inter-ocular distances (IOD,
+    eye centres of the full search), and the CPU time per photo of each."""
+    import cv2
+
+    from facefit.faces import detection
+
+    images = [load_image(p) for p in photos]
+    if upscale:
+        images = [cv2.resize(im, (upscale, upscale), interpolation=cv2.INTER_CUBIC) for im in images]
+    detection._dlib_models()
+
+    def run(use_coarse):
+        real = detection._detect_dlib_coarse
+        if not use_coarse:
+            detection._detect_dlib_coarse = lambda *a: None
+        try:
+            t0 = time.process_time()
+            faces = [detect_faces(im) for im in images]
+            return faces, (time.process_time() - t0) / len(images)
+        finally:
+            detection._detect_dlib_coarse = real
+
+    full, t_full = run(False)
+    fast, t_fast = run(True)
+    errs, same, trusted = [], 0, 0
+    for im, a, b in zip(images, full, fast):
+        trusted += detection._detect_dlib_coarse(im, 30.0, 0.0) is not None
+        if not a or not b:
+            continue
+        la, lb = a[0].landmarks68, b[0].landmarks68
+        iod = np.linalg.norm(la[36:42].mean(0) - la[42:48].mean(0))
+        errs.append(float(np.linalg.norm(la - lb, axis=1).mean() / iod))
+        same += bool(np.array_equal(la, lb))
+    e = np.array(errs)
+    return {
+        "photos": len(images), "upscaled_to": upscale or None,
+        "faces_full": sum(bool(f) for f in full), "faces_coarse_first": sum(bool(f) for f in fast),
+        "coarse_pass_trusted": trusted,
+        "cpu_ms_per_photo_full": round(1000 * t_full, 1), "cpu_ms_per_photo_coarse_first": round(1000 * t_fast, 1),
+        "lm68_diff_iod_mean": round(float(e.mean()), 4), "lm68_diff_iod_median": round(float(np.median(e)), 4),
+        "lm68_diff_iod_p95": round(float(np.percentile(e, 95)), 4), "lm68_diff_iod_max": round(float(e.max()), 4),
+        "identical": same,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--coarse", action="store_true", help="dlib: coarse first pass against the full search")
+    ap.add_argument("--upscale", type=int, default=0, help="with --coarse: resize photos to this square size")
     ap.add_argument("--limit", type=int, default=0, help="only the first N photos")
     args = ap.parse_args()
     photos = list_photos(args.data)
     if args.limit:
         photos = photos[: args.limit]
     backends = [b for b in args.backends.split(",") if b]
-    res = calibrate(photos, backends) if args.calibrate else bench(photos, backends)
+    if args.coarse:
+        res = coarse(photos, args.upscale)
+    else:
+        res = calibrate(photos, backends) if args.calibrate else bench(photos, backends)
     print(json.dumps(res, indent=2))
 
 

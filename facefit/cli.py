@@ -227,6 +227,10 @@ def reconstruct_cmd(
 
     An output FILE (.obj/.ply/.glb) takes exactly one face: one photo, or --fuse.
     """
+    if not fuse and detector in ("dlib", "mtcnn", "yunet"):  # detection workers start before torch loads
+        from .batch import prestart
+
+        prestart(inputs, detector)
     from rich.console import Console
     from rich.table import Table
 

@@ -288,6 +288,40 @@ def _format_rows(fmt: str, rows: np.ndarray) -> str:
     return ((fmt + "\n") * len(rows)) % tuple(rows.ravel().tolist())
 
 
+_BACKGROUND: list = []
+
+
+def _background():
+    """One helper thread for work that releases the GIL (PNG encoding) while the calling
+    thread formats text; created on first use."""
+    if not _BACKGROUND:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _BACKGROUND.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="facefit-png"))
+    return _BACKGROUND[0]
+
+
+_ROWS_CACHE: dict = {}
+_ROWS_CACHE_MAX = 8
+
+
+def _format_rows_cached(fmt: str, rows: np.ndarray) -> str:
+    """:func:`_format_rows` for rows that repeat from mesh to mesh (UVs, face indices of
+    one model): the text is kept for the last few distinct arrays (by content hash), so a
+    folder of faces of one model formats them once."""
+    import hashlib
+
+    rows = np.ascontiguousarray(rows)
+    key = (fmt, rows.dtype.str, rows.shape, hashlib.blake2b(rows.data, digest_size=16).digest())
+    text = _ROWS_CACHE.get(key)
+    if text is None:
+        text = _format_rows(fmt, rows)
+        if len(_ROWS_CACHE) >= _ROWS_CACHE_MAX:
+            _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
+        _ROWS_CACHE[key] = text
+    return text
+
+
 def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> list[Path]:
     """OBJ text (+ .mtl/.png when textured); all files committed together at the end.
 
@@ -299,8 +333,8 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     textured = bake or mesh.texture is not None
     material = _VERTEX_COLOR_MATERIAL if bake else _MATERIAL_NAME
     mtl_path, png_path = obj_companions(path)
-    if textured:
-        png = _texture_png(mesh, bake)  # baking + encoding: about 10 ms for 512 px
+    if textured:  # baking + PNG encoding (about 10 ms for 512 px, GIL released) beside the OBJ text
+        png_job = _background().submit(_texture_png, mesh, bake)
     out = io.StringIO()
     for line in _header_lines(meta):
         out.write(f"# {line}\n")
@@ -314,15 +348,17 @@ def _save_obj(mesh: FaceMesh, vertices: np.ndarray, meta: dict, path: Path) -> l
     else:
         out.write(_format_rows("v %.9g %.9g %.9g", vertices))
     if mesh.uv is not None:
-        out.write(_format_rows("vt %.9g %.9g", mesh.uv))
+        out.write(_format_rows_cached("vt %.9g %.9g", mesh.uv))
     if textured:
         out.write(f"usemtl {material}\n")
     if mesh.uv is not None:
         corners = np.stack([mesh.triangles + 1, mesh.uv_triangles + 1], axis=2).reshape(-1, 6)
-        out.write(_format_rows("f %d/%d %d/%d %d/%d", corners))
+        out.write(_format_rows_cached("f %d/%d %d/%d %d/%d", corners))
     else:
-        out.write(_format_rows("f %d %d %d", mesh.triangles + 1))
+        out.write(_format_rows_cached("f %d %d %d", mesh.triangles + 1))
 
+    if textured:
+        png = png_job.result()
     # ExitStack exits last-in first-out: enter the OBJ first so it is committed last.
     with contextlib.ExitStack() as stack:
         f_obj = stack.enter_context(atomic_write(path, "w", encoding="utf-8", newline="\n"))
@@ -357,16 +393,22 @@ def _texture_png(mesh: FaceMesh, bake: bool) -> bytes:
         texture = bake_vertex_colors(mesh.uv, mesh.uv_triangles, mesh.triangles, mesh.colors, BAKE_SIZE)
     else:
         texture = mesh.texture
-    # baked vertex colours are smooth and re-made on every save: fastest deflate
-    return _encode_png(texture, level=1 if bake else 6)
+    # baked vertex colours are smooth and re-made on every save: fastest deflate, and the
+    # "up" filter alone (smooth rows: 1/3 less time than libpng's adaptive choice, and smaller)
+    return _encode_png(texture, level=1, png_filter="up") if bake else _encode_png(texture, level=6)
 
 
-def _encode_png(image: np.ndarray, level: int = 6) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 RGB ``image`` (OpenCV; zlib ``level`` 0-9)."""
+def _encode_png(image: np.ndarray, level: int = 6, png_filter: str | None = None) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 RGB ``image`` (OpenCV; zlib ``level`` 0-9;
+    ``png_filter`` "up"/"sub"/"none" for one row filter, None: libpng's adaptive choice)."""
     import cv2
 
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    ok, buf = cv2.imencode(".png", image[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(level)]
+    flag = getattr(cv2, f"IMWRITE_PNG_FILTER_{(png_filter or '').upper()}", None) if png_filter else None
+    if flag is not None and hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10
+        params += [cv2.IMWRITE_PNG_FILTER, flag]
+    ok, buf = cv2.imencode(".png", image[..., ::-1], params)
     if not ok:
         raise FacefitError("could not encode the texture as PNG")
     return buf.tobytes()

@@ -1070,9 +1070,16 @@ def run_batch(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     items = list(iter_items(pairs))
+
+    def wanted(it):  # what the loop below will detect: not skipped as done (same test as there)
+        return not (skip_existing and not single_file and all(
+            p.exists() for p in expected_files(output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render))))
+
+    from .batch import DetectAhead  # load + detect + crop of the next inputs in worker processes
+
     bar = Progress(TextColumn("[bold]reconstructing"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress, transient=False)
-    with bar:
+    with DetectAhead(rec, items, wanted, keep_image=texture == "photo") as ahead, bar:
         task = bar.add_task("faces", total=len(items), rate="")
         pending = []  # faces waiting for a batched encode: (item, face, crop, timing, image)
 
@@ -1147,7 +1154,7 @@ def run_batch(
                     bar.advance(task)
                     continue
             try:
-                image, crops, timing = rec.faces_of(it)
+                image, crops, timing = ahead.faces_of(it)
             except Exception as e:  # noqa: BLE001 - recorded, the batch goes on
                 fail(it.label, _error_text(e))
                 bar.advance(task)

@@ -314,6 +314,48 @@ def _dlib_landmarks(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.
 # backends: each returns lists of (box, score, landmarks5 or None) in full-res coordinates
 
 
+#: Longest side of the coarse copy the dlib backend searches first for the main face.
+COARSE_MAX_SIDE = 512
+#: Side of dlib's HOG window: faces smaller than this (in the searched image) are not found.
+_HOG_WINDOW = 80
+
+
+def _detect_dlib_coarse(image: np.ndarray, min_size: float, min_score: float):
+    """The main face from one HOG pass over a copy of at most :data:`COARSE_MAX_SIDE` px,
+    without upsampling (1/4 to 1/7 of the work of :func:`_detect_dlib` on 250-640 px photos,
+    1/4 on large ones), or None when that pass cannot be trusted to have found it.
+
+    It is trusted when a face passes ``min_size`` / ``min_score`` and ranks (by
+    :func:`main_face_order`'s key) above any face too small for the coarse pass to see
+    (side < 80 px there): such a face could not have been the main face. Otherwise None,
+    and the caller runs the full search. Landmarks are always predicted on the
+    full-resolution image, in the box found here.
+    """
+    detector, _, _ = _dlib_models()
+    small, scale = downscale_for_detection(image, COARSE_MAX_SIDE)
+    rects, scores, _ = detector.run(small, 0, 0.0)
+    out = []
+    for r, sc in zip(rects, scores):
+        box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float64) / scale
+        side = float(np.sqrt(max((box[2] - box[0]) * (box[3] - box[1]), 0.0)))
+        if sc >= min_score and side >= min_size:
+            out.append((box, float(sc), None))
+    if not out:
+        return None
+    boxes = np.stack([b for b, _, _ in out])
+    best = out[int(main_face_order(boxes, image.shape)[0])]
+    h, w = image.shape[:2]
+    vis = best[0].copy()
+    vis[[0, 2]] = np.clip(vis[[0, 2]], 0, w)
+    vis[[1, 3]] = np.clip(vis[[1, 3]], 0, h)
+    area = max(vis[2] - vis[0], 0.0) * max(vis[3] - vis[1], 0.0)
+    d = np.hypot((vis[0] + vis[2]) / 2 - w / 2, (vis[1] + vis[3]) / 2 - h / 2) / (0.5 * np.hypot(w, h))
+    unseen = _HOG_WINDOW / scale  # largest face side the coarse pass can miss for its size
+    if area * (1.0 - 0.75 * min(d, 1.0)) <= unseen * unseen:
+        return None
+    return [best]
+
+
 def _detect_dlib(image: np.ndarray):
     detector, _, _ = _dlib_models()
     small, scale = downscale_for_detection(image, DETECTION_MAX_SIDE)
@@ -414,7 +456,9 @@ def detect_faces(
     if min_score is None:
         min_score = _DEFAULT_MIN_SCORE[backend]
     if backend == "dlib":
-        raw = _detect_dlib(img)
+        raw = None if all_faces else _detect_dlib_coarse(img, min_size, min_score)
+        if raw is None:
+            raw = _detect_dlib(img)
         raw = [r for r in raw if r[1] >= min_score]
     elif backend == "mtcnn":
         raw = _detect_mtcnn(img, min_size, min_score)

@@ -30,6 +30,8 @@ different shapes by zero-padding the smaller one at the end of channels, rows an
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import math
 import os
@@ -534,18 +536,22 @@ class DlibResNet(RecognitionNet):
 
     def __init__(self, weights: str | os.PathLike | bool | None = None, use_cache: bool = True):
         super().__init__()
-        self.stem = nn.Conv2d(3, DLIB_STEM_CHANNELS, 7, stride=2, padding=0)
-        blocks = []
-        in_ch = DLIB_STEM_CHANNELS
-        for ch, down in DLIB_BLOCKS:
-            blocks.append(DlibResBlock(in_ch, ch, down))
-            in_ch = ch
-        self.blocks = nn.ModuleList(blocks)
-        self.fc = nn.Linear(DLIB_FEATURE_DIM, DLIB_DESCRIPTOR_DIM, bias=False)
+        # with real weights, the layers are made without memory or random initialisation
+        # ("meta" tensors) and take the loaded tensors as they are: start-up time
+        with torch.device("meta") if weights is not False else contextlib.nullcontext():
+            self.stem = nn.Conv2d(3, DLIB_STEM_CHANNELS, 7, stride=2, padding=0)
+            blocks = []
+            in_ch = DLIB_STEM_CHANNELS
+            for ch, down in DLIB_BLOCKS:
+                blocks.append(DlibResBlock(in_ch, ch, down))
+                in_ch = ch
+            self.blocks = nn.ModuleList(blocks)
+            self.fc = nn.Linear(DLIB_FEATURE_DIM, DLIB_DESCRIPTOR_DIM, bias=False)
         self.register_buffer("input_mean", torch.tensor(DLIB_INPUT_MEAN, dtype=torch.float32))
         if weights is not False:
             state = load_dlib_state(None if weights in (None, True) else weights, use_cache=use_cache)
-            self.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+            self.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()},
+                                 assign=True)
         self.freeze()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""What a detection worker process does: load, detect and crop one input (no torch).
+
+Runs the same functions as :meth:`facefit.reconstruction.Reconstructor.faces_of`
+(:func:`facefit.faces.images.load_image`, :func:`facefit.faces.detection.detect_faces`
+and the encoder's crop), so its results are the same numbers. dlib's chip comes from
+:mod:`facefit.faces.chips` (numpy only), so a worker never imports torch for the default
+dlib encoder; other crops use :func:`facefit.faces.alignment.crop_for_net`.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+
+from facefit.errors import FacefitError, NoFaceError
+
+
+def _die_with(parent_pid: int) -> None:
+    """End this worker when the main process ends, however it ends (a killed main process
+    would otherwise leave idle workers holding its stdout/stderr open): Linux's
+    ``PR_SET_PDEATHSIG``, and an exit now if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def init_worker(detector: str, parent_pid: int = 0) -> None:
+    """Worker start: die with the main process, ignore Ctrl-C (the main process stops the
+    pool), and load the detector's models now (while the main process loads torch).
+
+    Thread-pool settings are left alone: ``cv2.setNumThreads`` in a child forked from a
+    process whose OpenCV thread pool has run hangs for good (measured), and the default
+    crop path does not use torch."""
+    _die_with(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if detector == "dlib":
+        from facefit.faces.detection import _dlib_models
+
+        try:
+            _dlib_models()
+        except Exception:  # noqa: BLE001 - reported with the first photo, as in one process
+            pass
+
+
+def ready() -> bool:
+    """A no-op task: submitting one per worker starts the workers right away."""
+    return True
+
+
+def crop(image, face, net_crop: str, size: int):
+    """The encoder crop of ``face`` (what ``Reconstructor.crop`` returns)."""
+    if net_crop == "dlib_chip":
+        from facefit.faces.chips import dlib_chip_of_face
+
+        return dlib_chip_of_face(image, face, size)
+    from facefit.faces.alignment import crop_for_net
+
+    return crop_for_net(image, face, net_crop, size)
+
+
+def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: str, size: int,
+             keep_image: bool):
+    """Load + detect + crop one input (an :class:`~facefit.reconstruction.InputItem`'s
+    ``path``, ``label`` and ``image``: the item itself is not sent, as unpickling it would
+    import :mod:`facefit.reconstruction` and torch).
+
+    Returns:
+        ``("ok", (image or None, [(face, crop)], timing))`` (the image only with
+        ``keep_image``), or ``("error", exception)``; an exception that cannot be pickled
+        comes back as a :class:`~facefit.errors.FacefitError` with the text the batch job
+        would have shown for it.
+    """
+    from facefit.faces.detection import detect_faces
+    from facefit.faces.images import load_image
+
+    try:
+        t0 = time.perf_counter()
+        image = image if image is not None else load_image(path)
+        t1 = time.perf_counter()
+        faces = detect_faces(image, backend=detector, all_faces=all_faces)
+        t2 = time.perf_counter()
+        if not faces:
+            raise NoFaceError(f"no face found in {label}")
+        crops = [(f, crop(image, f, net_crop, size)) for f in faces]
+        t3 = time.perf_counter()
+    except Exception as e:  # noqa: BLE001 - handed to the main process, which reports it
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001
+            text = str(e) if isinstance(e, FacefitError) else f"{type(e).__name__}: {e}"
+            e = FacefitError(text)
+        return "error", e
+    return "ok", (image if keep_image else None, crops, {"load": t1 - t0, "detect": t2 - t1, "align": t3 - t2})
