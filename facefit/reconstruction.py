@@ -1073,13 +1073,13 @@ def run_batch(
 
     def wanted(it):  # what the loop below will detect: not skipped as done (same test as there)
         return not (skip_existing and not single_file and all(
-            p.exists() for p in expected_files(output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render))))
+            p.exists() for p in expected_files(output_paths(out_dir, _names(it, 1)[0], fmt, save_coeffs, render, pose))))
 
     from .batch import DetectAhead  # load + detect + crop of the next inputs in worker processes
 
     bar = Progress(TextColumn("[bold]reconstructing"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress, transient=False)
-    with DetectAhead(rec, items, wanted, keep_image=texture == "photo") as ahead, bar:
+    with DetectAhead(rec, items, wanted, keep_image=texture == "photo" or pose) as ahead, bar:
         task = bar.add_task("faces", total=len(items), rate="")
         pending = []  # faces waiting for a batched encode: (item, face, crop, timing, image)
 
