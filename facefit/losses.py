@@ -73,9 +73,9 @@ DLIB_W_ID = 1000.0
 #: Identity-loss weight of the *normalised* loss (:func:`normalised_identity_loss`; the
 #: default, ``identity_norm = "scale"``), the same for every network and combination of
 #: networks. It is dlib's measured raw weight carried over: ``1000 * (same - diff)`` of
-#: dlib's cosine scale (1000 * 0.1288 = 129, :data:`facefit.idloss.COSINE_SCALES`), rounded, so a
+#: dlib's cosine scale (1000 * 0.1203 = 120, :data:`facefit.idloss.COSINE_SCALES`), so a
 #: dlib-only run weighs its identity gradient as the shipped model's training did.
-NORMALISED_W_ID = 130.0
+NORMALISED_W_ID = 120.0
 
 
 def default_identity_weight(encoder: str, identity_norm: str = "none") -> float:

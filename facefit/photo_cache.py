@@ -104,6 +104,24 @@ class PhotoSet:
             out[r] = out.get(r, 0) + 1
         return out
 
+    def subset(self, idx: Sequence[int]) -> "PhotoSet":
+        """The photos ``idx`` (in that order) as a new PhotoSet (crops read into memory)."""
+        idx = [int(i) for i in idx]
+        return PhotoSet(
+            root=self.root, paths=[self.paths[i] for i in idx], features=self.features[idx],
+            embeddings=self.embeddings[idx], crops=None if self.crops is None else np.asarray(self.crops[idx]),
+            skipped=dict(self.skipped), encoder=self.encoder, detector=self.detector, crop=self.crop,
+            size=self.size, cache_file=self.cache_file,
+            points=None if self.points is None else self.points[idx],
+        )
+
+    def random_subset(self, n: int, seed: int = 0) -> "PhotoSet":
+        """A fixed random subset of ``n`` photos (sorted by index; all when ``n >= len``)."""
+        if n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[: max(0, int(n))])
+        return self.subset(idx)
+
     def crop_tensor(self, idx: Sequence[int]):
         """Crops as a float tensor.
 
@@ -580,8 +598,9 @@ def photo_set_for_net(
         raise FacefitError(f"photo cache {photos.cache_file} holds no face points (written by an older facefit); "
                            "delete it so that it is rebuilt")
     base = Path(photos.cache_file)
-    h = hashlib.sha256(json.dumps({"base": base.name, "net": name, "crop": crop, "size": size,
-                                   "weights": _net_fingerprint(net),
+    listing = hashlib.sha256("\0".join(photos.paths).encode()).hexdigest()
+    h = hashlib.sha256(json.dumps({"base": base.name, "paths": listing, "net": name, "crop": crop, "size": size,
+                                   "weights": _net_fingerprint(net), "tag": str(getattr(net, "cache_tag", "")),
                                    "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()[:16]
     cdir = Path(cache_dir) if cache_dir is not None else base.parent
     npz = cdir / f"photos-{h}.npz"

@@ -110,7 +110,9 @@ class TrainConfig:
         data: folder tree of real photos (needed for stage 2).
         cache_dir: photo-cache folder (None: ``<facefit cache>/photos``).
         detector: face detector for the photos; max_photos: use only the first N files;
-            cache_workers: detection processes while caching.
+            cache_workers: detection processes while caching; photo_subset: train on a
+            fixed random subset of N of the cached photos (seed 0; None = all), e.g. to
+            limit the cost of encoding them once more for another identity network.
     Schedule:
         stage: ``"1"``, ``"2"`` or ``"both"``; stage1_steps, stage2_steps: steps of each
             (global step numbers run on through both stages).
@@ -126,7 +128,7 @@ class TrainConfig:
             the paper's 0.4 / 0.002 for a Basel Face Model, 0.05 / 0.05 for the others);
             the resolved numbers are what a run saves in ``config.json``/``config.toml``;
         w_param, w_id, w_batch, w_loop: weights of the four terms; ``w_id`` None (the
-            default) = :func:`facefit.losses.default_identity_weight` (130 for the
+            default) = :func:`facefit.losses.default_identity_weight` (120 for the
             normalised loss, any networks; with ``identity_norm = "none"`` 1000 for dlib,
             the paper's 1 for FaceNet), resolved and saved like ``w_shape``;
         identity_nets: recognition networks of the identity loss (``["facenet", "dlib"]``;
@@ -166,6 +168,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     detector: str = "dlib"
     max_photos: Optional[int] = None
+    photo_subset: Optional[int] = None
     cache_workers: Optional[int] = None
     # schedule
     stage: str = "both"
@@ -286,7 +289,7 @@ def _field_types() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-_OPTIONAL_INT = frozenset({"max_steps", "threads", "max_photos", "cache_workers"})
+_OPTIONAL_INT = frozenset({"max_steps", "threads", "max_photos", "photo_subset", "cache_workers"})
 _OPTIONAL_FLOAT = frozenset({"max_time", "w_shape", "w_color", "w_id"})
 _NAME_LISTS = frozenset({"identity_nets"})
 #: Values that configurations saved before a setting existed imply for it (a run saved
@@ -313,6 +316,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         from facefit.idloss import parse_identity_nets
 
         return parse_identity_nets(value)
+    if key == "identity_norm":  # its value "none" is a word, not null
+        return str(value).strip().lower()
     if isinstance(value, str):
         text = value.strip()
         if text.lower() in ("none", "null") or (text == "" and default is None):
@@ -460,7 +465,7 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
 
     Explicit values always win; see :func:`facefit.losses.default_param_weights` for the
     parameter weights (0.4 / 0.002 for a Basel Face Model, 0.05 / 0.05 otherwise) and
-    :func:`facefit.losses.default_identity_weight` for ``w_id`` (130 for the normalised
+    :func:`facefit.losses.default_identity_weight` for ``w_id`` (120 for the normalised
     loss; with ``identity_norm = "none"`` 1000 with dlib's ResNet, whose cosine
     similarities are compressed, the paper's 1 with FaceNet). An empty ``identity_nets``
     becomes ``[encoder]``.
@@ -979,6 +984,8 @@ class Trainer:
                 self.photos = build_photo_cache(cfg.data, progress=False, **kw)
         else:
             self.photos = build_photo_cache(cfg.data, progress=self.progress, **kw)
+        if cfg.photo_subset is not None:
+            self.photos = self.photos.random_subset(int(cfg.photo_subset), seed=0)
         if len(self.photos) < 2:
             raise FacefitError(f"stage 2 needs at least 2 photos with a face, found {len(self.photos)} in {cfg.data}")
         self.photo_feats = torch.from_numpy(np.ascontiguousarray(self.photos.features))
