@@ -349,10 +349,10 @@ def evaluate_identity(
         raise FacefitError(f"{photo_dir}: need photos of at least two people")
     infos = {name: {"path": str(path), **checkpoint_summary(path)} for name, path in checkpoints.items()}
     for name, info in infos.items():
-        if info["encoder"] == cfg.eval_net:
+        if cfg.eval_net in {info["encoder"], *info.get("identity_nets", [])}:
             raise FacefitError(
                 f"checkpoint '{name}' was trained with the '{cfg.eval_net}' network; evaluating with the same network "
-                f"would flatter it: choose another --eval-net{_other_net_hint({i['encoder'] for i in infos.values()})}"
+                f"would flatter it: choose another --eval-net{_other_net_hint({n for i in infos.values() for n in [i['encoder'], *i.get('identity_nets', [])]})}"
             )
     eval_net = get_net(cfg.eval_net)
     recs = {}
