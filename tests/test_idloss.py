@@ -216,7 +216,7 @@ def test_stage2_trains_with_two_identity_nets_and_resumes(tmp_path):
     saved = json.loads((Path(cfg.out) / "config.json").read_text())
     assert saved["identity_nets"] == ["facenet", "dlib"] and saved["identity_norm"] == "scale"
     assert saved["w_id"] == NORMALISED_W_ID
-    done = train(override(cfg, {"resume": True, "max_steps": None}), progress=False)
+    done = train(override(cfg, {"resume": True, "max_steps": "none"}), progress=False)
     assert done["finished"] and done["step"] == 2
     recs = read_log(cfg.out)
     assert [r["step"] for r in recs] == [0, 1]

@@ -441,7 +441,7 @@ def summary_rows(results: dict) -> tuple[list, list]:
                      m.get("colour_de00_diff")])
     any_m = results["mean_face"]
     rows.append(["chance", None, None, None, any_m["chance_top1"], any_m["chance_top5"],
-                 any_m.get("chance_top1_excl_self"), any_m.get("chance_top5_excl_self"), None, None)
+                 any_m.get("chance_top1_excl_self"), any_m.get("chance_top5_excl_self"), None, None])
     return headers, rows
 
 
