@@ -40,8 +40,10 @@ __all__ = [
     "is_basel_model",
     "default_param_weights",
     "default_identity_weight",
+    "NORMALISED_W_ID",
     "param_loss",
     "identity_loss",
+    "normalised_identity_loss",
     "cosine_scores",
     "batch_distribution_loss",
     "loopback_loss",
@@ -68,13 +70,26 @@ PAPER_W_ID = 1.0
 DLIB_W_ID = 1000.0
 
 
-def default_identity_weight(encoder: str) -> float:
-    """Default ``w_id`` for a recognition network (registry name).
+#: Identity-loss weight of the *normalised* loss (:func:`normalised_identity_loss`; the
+#: default, ``identity_norm = "scale"``), the same for every network and combination of
+#: networks. It is dlib's measured raw weight carried over: ``1000 * (same - diff)`` of
+#: dlib's cosine scale (1000 * 0.1203 = 120, :data:`facefit.idloss.COSINE_SCALES`), so a
+#: dlib-only run weighs its identity gradient as the shipped model's training did.
+NORMALISED_W_ID = 120.0
 
-    Returns:
-        :data:`DLIB_W_ID` for ``"dlib"``, else :data:`PAPER_W_ID` (the paper's, for FaceNet
-        and networks with a similar spread of cosine similarities).
+
+def default_identity_weight(encoder: str, identity_norm: str = "none") -> float:
+    """Default ``w_id``.
+
+    Args:
+        encoder: the (single) identity network's registry name; used only with
+            ``identity_norm = "none"``.
+        identity_norm: ``"scale"`` (cosines on each network's common scale): one weight for
+            all, :data:`NORMALISED_W_ID`; ``"none"`` (raw cosines, the old loss):
+            :data:`DLIB_W_ID` for ``"dlib"``, else :data:`PAPER_W_ID`.
     """
+    if str(identity_norm) == "scale":
+        return NORMALISED_W_ID
     return DLIB_W_ID if str(encoder).lower() == "dlib" else PAPER_W_ID
 
 
@@ -172,6 +187,33 @@ def identity_loss(photo_emb: torch.Tensor, render_emb: torch.Tensor) -> torch.Te
         0-d tensor in [0, 2].
     """
     return 1.0 - cosine_scores(photo_emb, render_emb).mean()
+
+
+def normalised_identity_loss(scores, scales) -> torch.Tensor:
+    """Identity loss of several recognition networks on one common scale.
+
+    Each network's cosine ``c`` is normalised by its mean same-person (``s``) and
+    different-people (``d``) photo-pair cosines, ``n = (c - d) / (s - d)`` (0: a stranger's
+    photo, 1: another photo of the same person), and the loss is the mean over networks of
+    ``1 - mean n`` (mean over photos and views):
+
+    ``L = mean_k (s_k - mean c_k) / (s_k - d_k)``
+
+    Args:
+        scores: {net name: (B, V) cosines} (:func:`cosine_scores`).
+        scales: {net name: (same, diff)} with same > diff.
+    Returns:
+        0-d tensor (0 when every render scores like a same-person photo pair).
+    """
+    if not scores:
+        raise ValueError("normalised_identity_loss needs at least one network's scores")
+    terms = []
+    for name, c in scores.items():
+        same, diff = scales[name]
+        if not float(same) > float(diff):
+            raise ValueError(f"{name}: cosine scale needs same > diff, got {same}, {diff}")
+        terms.append((float(same) - c.mean()) / (float(same) - float(diff)))
+    return torch.stack(terms).mean()
 
 
 def batch_distribution_loss(coeffs: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -52,6 +52,7 @@ __all__ = [
     "cache_key",
     "build_photo_cache",
     "load_photo_cache",
+    "photo_set_for_net",
 ]
 
 #: File name suffixes taken as images (case-insensitive).
@@ -74,6 +75,10 @@ class PhotoSet:
         skipped: {relative name: reason} for unreadable files and photos without a face.
         encoder, detector, crop, size: the settings used.
         cache_file: the ``.npz`` file.
+        points: (N, 73, 2) float32 detected face points in image pixels (68 landmarks, then
+            dlib's 5-point shape; NaN where absent), or None (caches written before they
+            were stored); they let other networks' crops be cut without detecting again
+            (:func:`photo_set_for_net`).
     """
 
     root: str
@@ -87,6 +92,7 @@ class PhotoSet:
     crop: str = ""
     size: int = 0
     cache_file: str = ""
+    points: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,6 +103,24 @@ class PhotoSet:
         for r in self.skipped.values():
             out[r] = out.get(r, 0) + 1
         return out
+
+    def subset(self, idx: Sequence[int]) -> "PhotoSet":
+        """The photos ``idx`` (in that order) as a new PhotoSet (crops read into memory)."""
+        idx = [int(i) for i in idx]
+        return PhotoSet(
+            root=self.root, paths=[self.paths[i] for i in idx], features=self.features[idx],
+            embeddings=self.embeddings[idx], crops=None if self.crops is None else np.asarray(self.crops[idx]),
+            skipped=dict(self.skipped), encoder=self.encoder, detector=self.detector, crop=self.crop,
+            size=self.size, cache_file=self.cache_file,
+            points=None if self.points is None else self.points[idx],
+        )
+
+    def random_subset(self, n: int, seed: int = 0) -> "PhotoSet":
+        """A fixed random subset of ``n`` photos (sorted by index; all when ``n >= len``)."""
+        if n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[: max(0, int(n))])
+        return self.subset(idx)
 
     def crop_tensor(self, idx: Sequence[int]):
         """Crops as a float tensor.
@@ -152,8 +176,19 @@ def cache_key(root: str | os.PathLike, files: Sequence[Path], settings: dict) ->
     return h.hexdigest()[:16]
 
 
-def _detect_one(args) -> tuple[str, Optional[np.ndarray]]:
-    """Worker: (path, detector, crop, size) -> (status, (S, S, 3) uint8 crop or None)."""
+def _face_points(face) -> np.ndarray:
+    """(73, 2) float32: the face's 68 landmarks then its dlib 5-point shape (NaN where absent)."""
+    out = np.full((73, 2), np.nan, np.float32)
+    if face.landmarks68 is not None:
+        out[:68] = np.asarray(face.landmarks68, np.float32)
+    if face.dlib5 is not None:
+        out[68:] = np.asarray(face.dlib5, np.float32)
+    return out
+
+
+def _detect_one(args) -> tuple[str, Optional[np.ndarray], Optional[np.ndarray]]:
+    """Worker: (path, detector, crop, size) -> (status, (S, S, 3) uint8 crop or None,
+    (73, 2) float32 face points (:func:`_face_points`) or None)."""
     path, detector, crop, size = args
     from facefit.faces.alignment import crop_for_net
     from facefit.faces.detection import detect_faces
@@ -162,19 +197,19 @@ def _detect_one(args) -> tuple[str, Optional[np.ndarray]]:
     try:
         img = load_image(path)
     except InvalidFileError:
-        return "unreadable", None
+        return "unreadable", None, None
     except Exception:  # noqa: BLE001 - anything odd about a single file only skips it
-        return "unreadable", None
+        return "unreadable", None, None
     try:
         faces = detect_faces(img, backend=detector)
     except Exception:  # noqa: BLE001
-        return "detector_error", None
+        return "detector_error", None, None
     if not faces:
-        return "no_face", None
+        return "no_face", None, None
     try:
-        return "ok", crop_for_net(img, faces[0], crop, size)
+        return "ok", crop_for_net(img, faces[0], crop, size), _face_points(faces[0])
     except Exception:  # noqa: BLE001
-        return "crop_error", None
+        return "crop_error", None, None
 
 
 def _worker_init() -> None:
@@ -188,7 +223,7 @@ def _worker_init() -> None:
         pass
 
 
-def _detections(jobs: list, workers: int) -> Iterator[tuple[str, Optional[np.ndarray]]]:
+def _detections(jobs: list, workers: int) -> Iterator[tuple]:
     """Ordered results of :func:`_detect_one` over ``jobs`` (in worker processes if > 1).
 
     Linux uses ``fork`` (like torch's DataLoader), so a calling script needs no
@@ -350,7 +385,7 @@ def build_photo_cache(
             return None
         try:
             with np.load(parts[ci], allow_pickle=False) as z:
-                return [str(x) for x in z["status"]], z["crops"], z["features"], z["embeddings"]
+                return [str(x) for x in z["status"]], z["crops"], z["features"], z["embeddings"], z["points"]
         except Exception:  # noqa: BLE001 - a damaged part is redone
             return None
 
@@ -363,7 +398,7 @@ def build_photo_cache(
     ]
     t0 = time.perf_counter()
     order_st: list[str] = []
-    order_c, order_f, order_e = [], [], []
+    order_c, order_f, order_e, order_p = [], [], [], []
     plain = progress and not interactive_console()
     title = f"caching photos ({detector} + {enc_name})"
     if plain:
@@ -377,16 +412,17 @@ def build_photo_cache(
         for ci in range(n_chunks):
             lo, hi = ci * _CHUNK, min(len(files), (ci + 1) * _CHUNK)
             if ci in done:
-                st, c, f, e = done[ci]
+                st, c, f, e, pts = done[ci]
                 n_skip += sum(x != "ok" for x in st)
                 bar.update(task, advance=hi - lo, info=f"skipped {n_skip}")
             else:
-                st, cr = [], []
+                st, cr, pl = [], [], []
                 for _ in range(lo, hi):
-                    status, img = next(results)
+                    status, img, fp = next(results)
                     st.append(status)
                     if img is not None:
                         cr.append(img)
+                        pl.append(fp)
                     n_skip += status != "ok"
                     bar.update(task, advance=1, info=f"skipped {n_skip}")
                 c = np.stack(cr) if cr else np.zeros((0, size, size, 3), np.uint8)
@@ -395,7 +431,8 @@ def build_photo_cache(
                 else:
                     f = np.zeros((0, int(net.feature_dim)), np.float32)
                     e = np.zeros((0, int(net.embedding_dim)), np.float32)
-                _save_npz(parts[ci], status=np.asarray(st), crops=c, features=f, embeddings=e)
+                pts = np.stack(pl) if pl else np.zeros((0, 73, 2), np.float32)
+                _save_npz(parts[ci], status=np.asarray(st), crops=c, features=f, embeddings=e, points=pts)
                 n_new += hi - lo
             if plain:
                 elapsed = time.perf_counter() - t0
@@ -411,6 +448,7 @@ def build_photo_cache(
             order_c.append(c)
             order_f.append(f)
             order_e.append(e)
+            order_p.append(pts)
         results.close()
     ok = [i for i, s in enumerate(order_st) if s == "ok"]
     if not ok:
@@ -434,6 +472,7 @@ def build_photo_cache(
         paths=np.asarray([rels[i] for i in ok]),
         features=np.concatenate(order_f).astype(np.float32),
         embeddings=np.concatenate(order_e).astype(np.float32),
+        points=np.concatenate(order_p).astype(np.float32),
         skipped=np.asarray([s[0] for s in skipped], dtype=str),
         skipped_reason=np.asarray([s[1] for s in skipped], dtype=str),
         header=np.asarray(json.dumps(header)),
@@ -466,6 +505,7 @@ def load_photo_cache(path: str | os.PathLike, root: str | os.PathLike | None = N
             feats = z["features"].astype(np.float32, copy=False)
             embs = z["embeddings"].astype(np.float32, copy=False)
             skipped = dict(zip((str(s) for s in z["skipped"]), (str(r) for r in z["skipped_reason"])))
+            points = z["points"].astype(np.float32, copy=False) if "points" in z.files else None
     except Exception as exc:  # noqa: BLE001
         raise InvalidFileError(f"{path}: not a readable facefit photo cache ({type(exc).__name__})") from exc
     crops_file = path.with_name(path.name[: -len(".npz")] + ".crops.npy")
@@ -485,4 +525,120 @@ def load_photo_cache(path: str | os.PathLike, root: str | os.PathLike | None = N
         crop=str(s.get("crop", "")),
         size=int(s.get("size", 0)),
         cache_file=str(path),
+        points=points if points is not None and len(points) == len(paths) else None,
     )
+
+
+def _face_from_points(points: np.ndarray):
+    """A :class:`~facefit.faces.detection.Face` rebuilt from stored (73, 2) face points."""
+    from facefit.faces.detection import Face, landmarks5_from_68
+
+    lm68 = np.asarray(points[:68], np.float64)
+    d5 = np.asarray(points[68:], np.float64)
+    ok68 = bool(np.isfinite(lm68).all())
+    ok5 = bool(np.isfinite(d5).all())
+    lm5 = landmarks5_from_68(lm68) if ok68 else np.zeros((5, 2))
+    return Face(box=np.zeros(4), score=0.0, landmarks5=lm5, landmarks68=lm68 if ok68 else None,
+                dlib5=d5 if ok5 else None)
+
+
+def _net_fingerprint(net) -> str:
+    """A short hash of a network's first weight tensors (random and real weights differ)."""
+    import itertools
+
+    h = hashlib.sha256()
+    k = 0
+    for t in itertools.chain(net.parameters(), net.buffers()):
+        if t.is_floating_point():
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            k += 1
+            if k >= 2:
+                break
+    return h.hexdigest()[:16]
+
+
+def photo_set_for_net(
+    photos: PhotoSet,
+    net,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    device=None,
+    progress: bool = True,
+    rebuild: bool = False,
+) -> PhotoSet:
+    """The photos of ``photos``, in the same order, cropped and encoded for another network.
+
+    The crops are cut from the face points ``photos`` stored when it was built (no second
+    detection pass), so the photo list is exactly ``photos.paths``. The result is cached
+    beside ``photos`` (``photos-<key>.npz`` with features and embeddings; no crops are
+    kept).
+
+    Args:
+        photos: a :class:`PhotoSet` from :func:`build_photo_cache` with ``points``.
+        net: the other network (a :class:`~facefit.recognition.RecognitionNet`).
+        cache_dir: where the cache goes (default: beside ``photos.cache_file``).
+        batch_size: encoder batch size; device: where the net runs (default: its device).
+        progress: one plain line every few hundred photos.
+        rebuild: ignore an existing cache.
+    Returns:
+        :class:`PhotoSet` with the net's ``features`` (N, D) and ``embeddings`` (N, E).
+    Raises:
+        FacefitError: ``photos`` holds no face points (a cache written by an older facefit:
+        delete it so that it is rebuilt) or a photo cannot be read any more.
+    """
+    from facefit.faces.alignment import crop_for_net
+    from facefit.faces.images import load_image
+
+    name = str(getattr(net, "name", ""))
+    crop, size = str(net.crop), int(net.input_size)
+    if name == photos.encoder and crop == photos.crop and size == photos.size:
+        return photos
+    if photos.points is None:
+        raise FacefitError(f"photo cache {photos.cache_file} holds no face points (written by an older facefit); "
+                           "delete it so that it is rebuilt")
+    base = Path(photos.cache_file)
+    listing = hashlib.sha256("\0".join(photos.paths).encode()).hexdigest()
+    h = hashlib.sha256(json.dumps({"base": base.name, "paths": listing, "net": name, "crop": crop, "size": size,
+                                   "weights": _net_fingerprint(net), "tag": str(getattr(net, "cache_tag", "")),
+                                   "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()[:16]
+    cdir = Path(cache_dir) if cache_dir is not None else base.parent
+    npz = cdir / f"photos-{h}.npz"
+    if npz.is_file() and not rebuild:
+        out = load_photo_cache(npz, root=photos.root)
+        if out.paths == list(photos.paths):
+            return out
+    if device is None:
+        try:
+            device = next(net.parameters()).device
+        except (StopIteration, AttributeError):
+            device = "cpu"
+    root = Path(photos.root)
+    n = len(photos)
+    feats, embs = [], []
+    t0 = time.perf_counter()
+    step = max(batch_size, 512)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        crops = []
+        for i in range(a, b):
+            try:
+                img = load_image(root / photos.paths[i])
+            except Exception as exc:  # noqa: BLE001
+                raise FacefitError(f"{root / photos.paths[i]}: cannot read the photo any more ({type(exc).__name__})") from exc
+            crops.append(crop_for_net(img, _face_from_points(photos.points[i]), crop, size))
+        f, e = _encode_crops(net, np.stack(crops), batch_size, device)
+        feats.append(f)
+        embs.append(e)
+        if progress:
+            el = time.perf_counter() - t0
+            _plain_line(f"encoding photos for {name}: {b}/{n}, elapsed {format_duration(el)}, "
+                        f"ETA {format_duration(el / b * (n - b))}")
+    header = {"format": CACHE_FORMAT, "root": str(root.resolve()), "base": base.name,
+              "settings": {"encoder": name, "detector": photos.detector, "crop": crop, "size": size},
+              "n_files": n, "n_ok": n, "seconds": round(time.perf_counter() - t0, 1)}
+    _save_npz(npz, paths=np.asarray(list(photos.paths)), features=np.concatenate(feats).astype(np.float32),
+              embeddings=np.concatenate(embs).astype(np.float32), skipped=np.zeros(0, dtype=str),
+              skipped_reason=np.zeros(0, dtype=str), points=np.asarray(photos.points, np.float32),
+              header=np.asarray(json.dumps(header)))
+    return load_photo_cache(npz, root=photos.root)

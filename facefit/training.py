@@ -50,7 +50,6 @@ from facefit.errors import FacefitError
 from facefit.regressor import (
     Decoder,
     decoder_from_checkpoint,
-    encode,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
@@ -111,7 +110,9 @@ class TrainConfig:
         data: folder tree of real photos (needed for stage 2).
         cache_dir: photo-cache folder (None: ``<facefit cache>/photos``).
         detector: face detector for the photos; max_photos: use only the first N files;
-            cache_workers: detection processes while caching.
+            cache_workers: detection processes while caching; photo_subset: train on a
+            fixed random subset of N of the cached photos (seed 0; None = all), e.g. to
+            limit the cost of encoding them once more for another identity network.
     Schedule:
         stage: ``"1"``, ``"2"`` or ``"both"``; stage1_steps, stage2_steps: steps of each
             (global step numbers run on through both stages).
@@ -127,8 +128,18 @@ class TrainConfig:
             the paper's 0.4 / 0.002 for a Basel Face Model, 0.05 / 0.05 for the others);
             the resolved numbers are what a run saves in ``config.json``/``config.toml``;
         w_param, w_id, w_batch, w_loop: weights of the four terms; ``w_id`` None (the
-            default) = the encoder's default (:func:`facefit.losses.default_identity_weight`:
-            1000 for dlib, the paper's 1 for FaceNet), resolved and saved like ``w_shape``;
+            default) = :func:`facefit.losses.default_identity_weight` (120 for the
+            normalised loss, any networks; with ``identity_norm = "none"`` 1000 for dlib,
+            the paper's 1 for FaceNet), resolved and saved like ``w_shape``;
+        identity_nets: recognition networks of the identity loss (``["facenet", "dlib"]``;
+            on the command line ``identity_nets=facenet,dlib``); empty (the default) = the
+            encoder alone; resolved and saved. Each must be differentiable (SFace is
+            refused: it is the held-out judge);
+        identity_norm: ``"scale"`` (default): each network's cosine on the common scale of
+            its same-person / different-people photo-pair cosines, loss = mean over
+            networks of ``1 - normalised cosine`` (:mod:`facefit.idloss`); ``"none"``: raw
+            ``1 - cosine`` (the loss of runs saved before this setting existed, which keep
+            it on resume);
         batch_loss, loopback: switch those terms off; batch_reduction: ``"sum"`` (paper)
         or ``"mean"`` over coefficients.
     Optimiser:
@@ -157,6 +168,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     detector: str = "dlib"
     max_photos: Optional[int] = None
+    photo_subset: Optional[int] = None
     cache_workers: Optional[int] = None
     # schedule
     stage: str = "both"
@@ -175,6 +187,8 @@ class TrainConfig:
     w_id: Optional[float] = None
     w_batch: float = 10.0
     w_loop: float = 0.07
+    identity_nets: list = field(default_factory=list)
+    identity_norm: str = "scale"
     batch_loss: bool = True
     batch_reduction: str = "mean"
     loopback: bool = True
@@ -233,6 +247,11 @@ class TrainConfig:
                 raise FacefitError(f"batch_real must be >= 2 (batch statistics), got {self.batch_real}")
             if self.views < 1:
                 raise FacefitError(f"views must be >= 1, got {self.views}")
+        if self.identity_norm not in ("scale", "none"):
+            raise FacefitError(f"identity_norm must be 'scale' or 'none', got {self.identity_norm!r}")
+        from facefit.idloss import check_identity_net_names
+
+        check_identity_net_names(self.identity_nets)
         if self.batch_reduction not in ("sum", "mean"):
             raise FacefitError(f"batch_reduction must be 'sum' or 'mean', got {self.batch_reduction!r}")
         if not self.lr > 0:
@@ -270,8 +289,12 @@ def _field_types() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-_OPTIONAL_INT = frozenset({"max_steps", "threads", "max_photos", "cache_workers"})
+_OPTIONAL_INT = frozenset({"max_steps", "threads", "max_photos", "photo_subset", "cache_workers"})
 _OPTIONAL_FLOAT = frozenset({"max_time", "w_shape", "w_color", "w_id"})
+_NAME_LISTS = frozenset({"identity_nets"})
+#: Values that configurations saved before a setting existed imply for it (a run saved
+#: without ``identity_norm`` trained with raw cosines and keeps doing so).
+_LEGACY_VALUES = {"identity_norm": "none"}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -289,6 +312,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
     if value is None:
         return None
+    if key in _NAME_LISTS:
+        from facefit.idloss import parse_identity_nets
+
+        return parse_identity_nets(value)
+    if key == "identity_norm":  # its value "none" is a word, not null
+        return str(value).strip().lower()
     if isinstance(value, str):
         text = value.strip()
         if text.lower() in ("none", "null") or (text == "" and default is None):
@@ -385,6 +414,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
         try:
             if p.suffix.lower() == ".json":
                 data = json.loads(p.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and "w_id" in data:  # a run's saved config.json
+                    data = _with_legacy_values(data)
             else:
                 import tomllib
 
@@ -395,6 +426,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     if overrides:
         cfg = override(cfg, overrides)
     return cfg.validate()
+
+
+def _with_legacy_values(data: dict) -> dict:
+    """A saved run configuration with the settings it predates set to what it trained with."""
+    return {**{k: v for k, v in _LEGACY_VALUES.items() if k not in data}, **data}
 
 
 def _toml_value(v: Any) -> str:
@@ -429,8 +465,10 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
 
     Explicit values always win; see :func:`facefit.losses.default_param_weights` for the
     parameter weights (0.4 / 0.002 for a Basel Face Model, 0.05 / 0.05 otherwise) and
-    :func:`facefit.losses.default_identity_weight` for ``w_id`` (1000 with dlib's ResNet,
-    whose cosine similarities are compressed; the paper's 1 with FaceNet).
+    :func:`facefit.losses.default_identity_weight` for ``w_id`` (120 for the normalised
+    loss; with ``identity_norm = "none"`` 1000 with dlib's ResNet, whose cosine
+    similarities are compressed, the paper's 1 with FaceNet). An empty ``identity_nets``
+    becomes ``[encoder]``.
 
     Args:
         config: a configuration (possibly with None weights).
@@ -438,14 +476,16 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
     Returns:
         A TrainConfig whose ``w_shape`` and ``w_color`` are numbers.
     """
+    nets = list(config.identity_nets) or [config.encoder]
     if config.w_shape is not None and config.w_color is not None and config.w_id is not None:
-        return config
+        return dataclasses.replace(config, identity_nets=nets)
     ws, wc = L.default_param_weights(model)
     return dataclasses.replace(
         config,
         w_shape=float(ws if config.w_shape is None else config.w_shape),
         w_color=float(wc if config.w_color is None else config.w_color),
-        w_id=float(L.default_identity_weight(config.encoder) if config.w_id is None else config.w_id),
+        w_id=float(L.default_identity_weight(config.encoder, config.identity_norm) if config.w_id is None else config.w_id),
+        identity_nets=nets,
     )
 
 
@@ -804,7 +844,7 @@ class Trainer:
         saved = self.run_dir / "config.json"
         if not (self.cfg.resume and saved.is_file()):
             return
-        data = json.loads(saved.read_text(encoding="utf-8"))
+        data = _with_legacy_values(json.loads(saved.read_text(encoding="utf-8")))
         new = config_to_dict(self.cfg)
         default = config_to_dict(TrainConfig())
         for k in _RUN_CONTROL_KEYS:
@@ -854,6 +894,14 @@ class Trainer:
                 f"identity network '{cfg.encoder}' is not differentiable (evaluation only): training needs "
                 "gradients through it for the identity loss; use a differentiable one, e.g. dlib (default) or facenet"
             )
+        from facefit.idloss import IdentityNets
+
+        others = [n for n in cfg.identity_nets if n != cfg.encoder]
+        id_nets = IdentityNets.from_names(others, device=self.device, normalise=False) if others else None
+        self.id_nets = IdentityNets(
+            {n: (self.net if n == cfg.encoder else id_nets.nets[n]) for n in cfg.identity_nets},
+            normalise=cfg.identity_norm == "scale",
+        )
         self.syn_settings = SyntheticSettings(
             render_size=cfg.render_size,
             crop=self.net.crop,
@@ -874,6 +922,7 @@ class Trainer:
             pitch_range=tuple(cfg.view_pitch_range),
             roll_range=tuple(cfg.view_roll_range),
         )
+        self.id_view_settings = self.id_nets.view_settings(self.view_settings)
         if cfg.stage2_total > 0:
             if not cfg.data:
                 raise FacefitError("stage 2 needs real photos: set data (facefit train --data DIR)")
@@ -935,10 +984,22 @@ class Trainer:
                 self.photos = build_photo_cache(cfg.data, progress=False, **kw)
         else:
             self.photos = build_photo_cache(cfg.data, progress=self.progress, **kw)
+        if cfg.photo_subset is not None:
+            self.photos = self.photos.random_subset(int(cfg.photo_subset), seed=0)
         if len(self.photos) < 2:
             raise FacefitError(f"stage 2 needs at least 2 photos with a face, found {len(self.photos)} in {cfg.data}")
         self.photo_feats = torch.from_numpy(np.ascontiguousarray(self.photos.features))
         self.photo_embs = torch.from_numpy(np.ascontiguousarray(self.photos.embeddings))
+        from facefit.photo_cache import photo_set_for_net
+
+        # every identity network's embeddings of the same photos, in the same order
+        self.id_photo_embs = {}
+        for name, net in self.id_nets.nets.items():
+            if name == self.net.name:
+                self.id_photo_embs[name] = self.photo_embs
+            else:
+                ps = photo_set_for_net(self.photos, net, device=self.device, progress=self.progress and self.dist.main)
+                self.id_photo_embs[name] = torch.from_numpy(np.ascontiguousarray(ps.embeddings))
         self.order = RealOrder(len(self.photos), self.cfg.seed)
 
     @torch.no_grad()
@@ -990,7 +1051,7 @@ class Trainer:
             idx = self.order.indices(s2, self.dist.rank, self.dist.world, cfg.batch_real)
             n_real = len(idx)
             feats.append(self.photo_feats[idx].to(self.device))
-            photo_emb = self.photo_embs[idx].to(self.device)
+            id_embs = {n: e[idx].to(self.device) for n, e in self.id_photo_embs.items()}
         s_all, c_all = self.ddp(torch.cat(feats))
         loss = s_all.new_zeros(())
         if n_syn > 0:
@@ -1007,12 +1068,17 @@ class Trainer:
             g = step_generator(cfg.seed, step, self.dist.rank, "views")
             params = random_params(n_real * V, self.view_settings, g)
             bg = random_backgrounds(n_real * V, cfg.render_size, g, self.view_settings.background_noise, device=self.device)
-            rc = render_crops(self.model, verts, colors, params, self.view_settings, background=bg)
-            r_feats, r_emb = encode(self.net, rc["crops"])
-            scores = L.cosine_scores(photo_emb, r_emb)
-            terms["id"] = 1.0 - scores.mean()
-            terms["id_score"] = scores.mean().detach()
+            enc = self.net.name
+            scores, r_feats = self.id_nets.score_renders(
+                self.model, verts, colors, params, self.id_view_settings, id_embs, background=bg,
+                keep_features=enc if enc in self.id_nets.nets else None,
+            )
+            terms["id"], id_terms = self.id_nets.loss(scores)
+            terms.update(id_terms)
             loss = loss + cfg.w_id * terms["id"]
+            if r_feats is None and cfg.loopback and cfg.w_loop:  # the encoder is not an identity net
+                rc = render_crops(self.model, verts, colors, params, self.view_settings, background=bg)
+                r_feats = self.net.features(rc["crops"])
             if cfg.batch_loss and cfg.w_batch:
                 terms["batch"] = L.batch_distribution_loss(s_r, cfg.batch_reduction) + L.batch_distribution_loss(
                     c_r, cfg.batch_reduction
@@ -1023,7 +1089,6 @@ class Trainer:
                 s_l, c_l = self.ddp(loop_feats)
                 terms["loop"] = L.loopback_loss(s_r, s_l, c_r, c_l, cfg.w_shape, cfg.w_color)
                 loss = loss + cfg.w_loop * terms["loop"]
-            self._last_views = rc
         terms["loss"] = loss
         return loss, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -1184,8 +1249,9 @@ class Trainer:
             plain = _PlainProgress(total, end, cfg.print_every, cfg.print_seconds, cfg.max_time, t_start)
             what = f"resuming at step {self.step}" if self.resumed_from is not None else "starting"
             print(f"training {self.run_dir}: {what}, {total} steps (stage 1: {cfg.stage1_total}, stage 2: "
-                  f"{cfg.stage2_total}), device {self.device}, encoder {self.net.name}, model {self.model.name}, "
-                  f"w_shape={cfg.w_shape:g} w_color={cfg.w_color:g} w_id={cfg.w_id:g}; a line every {cfg.print_every} steps or "
+                  f"{cfg.stage2_total}), device {self.device}, encoder {self.net.name}, identity nets "
+                  f"{','.join(cfg.identity_nets)} ({'normalised' if cfg.identity_norm == 'scale' else 'raw'} cosines), "
+                  f"model {self.model.name}, w_shape={cfg.w_shape:g} w_color={cfg.w_color:g} w_id={cfg.w_id:g}; a line every {cfg.print_every} steps or "
                   f"{cfg.print_seconds:g} s", flush=True)
         try:
             with self._progress_bar() as bar:

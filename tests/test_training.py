@@ -392,9 +392,18 @@ def test_loss_weight_defaults_follow_the_model(default_model):
     both = resolve_loss_weights(override(cfg, {"w_shape": 0.05, "w_color": "0.05"}), _as_bfm(default_model))
     assert (both.w_shape, both.w_color) == (0.05, 0.05)
     assert override(mixed, {"w_shape": "none"}).w_shape is None  # back to the model's default
-    # w_id follows the encoder: dlib's compressed cosines need a larger weight than FaceNet's
-    assert cfg.w_id is None and ict.w_id == 1000.0
-    assert resolve_loss_weights(override(cfg, {"encoder": "facenet"}), default_model).w_id == 1.0
+    # normalised identity loss (the default): one w_id for every network and combination
+    from facefit.losses import NORMALISED_W_ID
+
+    assert cfg.w_id is None and cfg.identity_norm == "scale" and ict.w_id == NORMALISED_W_ID
+    assert ict.identity_nets == ["dlib"]  # empty = the encoder, resolved
+    assert resolve_loss_weights(override(cfg, {"encoder": "facenet"}), default_model).w_id == NORMALISED_W_ID
+    two = resolve_loss_weights(override(cfg, {"identity_nets": "facenet,dlib"}), default_model)
+    assert two.w_id == NORMALISED_W_ID and two.identity_nets == ["facenet", "dlib"]
+    # raw cosines (the old loss): w_id follows the encoder, dlib's compressed cosines need more
+    raw = override(cfg, {"identity_norm": "none"})
+    assert resolve_loss_weights(raw, default_model).w_id == 1000.0
+    assert resolve_loss_weights(override(raw, {"encoder": "facenet"}), default_model).w_id == 1.0
     assert resolve_loss_weights(override(cfg, {"w_id": "3"}), default_model).w_id == 3.0
     with pytest.raises(FacefitError, match="w_color must be a number >= 0"):
         override(cfg, {"w_color": "-1"})

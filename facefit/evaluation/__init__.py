@@ -133,7 +133,8 @@ def checkpoint_summary(path) -> dict:
     """What a regressor checkpoint says about itself: encoder, model, training switches.
 
     Returns:
-        dict with ``encoder``, ``model_name``, ``model_hash``, ``step``, ``stage`` and, for
+        dict with ``encoder``, ``identity_nets`` (the networks its identity loss used;
+        ``[encoder]`` for older checkpoints), ``model_name``, ``model_hash``, ``step``, ``stage`` and, for
         checkpoints written by :mod:`facefit.training`, ``batch_loss``, ``loopback``,
         ``views`` and ``ablation`` (a short description such as "no loopback").
     """
@@ -165,4 +166,7 @@ def checkpoint_summary(path) -> dict:
         if flat.get("views") == 1:
             parts.append("single view")
         out["ablation"] = ", ".join(parts) if parts else "full"
+        nets = flat.get("identity_nets") or []
+        out["identity_nets"] = [str(n) for n in nets] if isinstance(nets, list) else []
+    out["identity_nets"] = out.get("identity_nets") or [out["encoder"]]
     return out

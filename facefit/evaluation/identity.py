@@ -284,6 +284,22 @@ def _evaluate_renders(name: str, render_emb: np.ndarray, photos: PhotoSet, same:
     }
 
 
+def _colour_metrics(model, shape, color, labels) -> dict:
+    """Colour consistency (:mod:`facefit.evaluation.colour`): mean CIEDE2000 between the median
+    predicted face colours of same-person and of different-people photo pairs."""
+    from .colour import colour_consistency, median_face_colours
+
+    if not getattr(model, "n_color", 0):
+        return {}
+    med = []
+    with torch.no_grad():
+        for a in range(0, len(shape), 64):
+            _, cols = model.decode(np.asarray(shape[a:a + 64]), np.asarray(color[a:a + 64]))
+            med.append(median_face_colours(cols))
+    c = colour_consistency(np.concatenate(med), labels)
+    return {"colour_de00_same": c["de00_same"], "colour_de00_diff": c["de00_diff"]}
+
+
 def _other_net_hint(training_nets: set) -> str:
     """`` (e.g. NAME)`` with a registered network none of the checkpoints was trained with."""
     from facefit.recognition import available_nets
@@ -333,10 +349,10 @@ def evaluate_identity(
         raise FacefitError(f"{photo_dir}: need photos of at least two people")
     infos = {name: {"path": str(path), **checkpoint_summary(path)} for name, path in checkpoints.items()}
     for name, info in infos.items():
-        if info["encoder"] == cfg.eval_net:
+        if cfg.eval_net in {info["encoder"], *info.get("identity_nets", [])}:
             raise FacefitError(
                 f"checkpoint '{name}' was trained with the '{cfg.eval_net}' network; evaluating with the same network "
-                f"would flatter it: choose another --eval-net{_other_net_hint({i['encoder'] for i in infos.values()})}"
+                f"would flatter it: choose another --eval-net{_other_net_hint({n for i in infos.values() for n in [i['encoder'], *i.get('identity_nets', [])]})}"
             )
     eval_net = get_net(cfg.eval_net)
     recs = {}
@@ -355,6 +371,7 @@ def evaluate_identity(
         rend = render_frontal(rec.model, shape, color, crop=eval_net.crop, crop_size=int(eval_net.input_size),
                               render_size=cfg.render_size)
         m = _evaluate_renders(row, embed_crops(eval_net, rend["crops"]), photos, same, diff)
+        m.update(_colour_metrics(rec.model, shape, color, photos.labels))
         m["checkpoint"] = checkpoint
         results_ck[row] = m
         coeffs[row] = (shape, color, rend["crops"][: max(cfg.examples * 4, 1)])
@@ -416,14 +433,15 @@ def evaluate_identity(
 
 def summary_rows(results: dict) -> tuple[list, list]:
     """(headers, rows) of the terminal summary (one row per checkpoint, the mean face, chance)."""
-    headers = ["renders", "sim own", "EMD same", "EMD diff", "top1", "top5", "top1*", "top5*"]
+    headers = ["renders", "sim own", "EMD same", "EMD diff", "top1", "top5", "top1*", "top5*", "ΔE00 same", "ΔE00 diff"]
     rows = []
     for name, m in list(results["checkpoints"].items()) + [("mean face", results["mean_face"])]:
         rows.append([name, m["mean_own"], m["emd_to_same"], m["emd_to_diff"], m["top1"], m["top5"],
-                     m.get("top1_excl_self"), m.get("top5_excl_self")])
+                     m.get("top1_excl_self"), m.get("top5_excl_self"), m.get("colour_de00_same"),
+                     m.get("colour_de00_diff")])
     any_m = results["mean_face"]
     rows.append(["chance", None, None, None, any_m["chance_top1"], any_m["chance_top5"],
-                 any_m.get("chance_top1_excl_self"), any_m.get("chance_top5_excl_self")])
+                 any_m.get("chance_top1_excl_self"), any_m.get("chance_top5_excl_self"), None, None])
     return headers, rows
 
 
@@ -468,6 +486,13 @@ def write_identity_report(results: dict, out_dir) -> tuple[Path, Path]:
                        "same-person distribution and a large one to the different-people distribution.")
         t3 = [[n, m["top1"], m["top5"], m.get("top1_excl_self"), m.get("top5_excl_self")]
               for n, m in list(results["checkpoints"].items()) + [(MEAN_FACE, results["mean_face"])]]
+        t4 = [[n, m.get("colour_de00_same"), m.get("colour_de00_diff")] for n, m in results["checkpoints"].items()]
+        rep.table(["predictions of", "ΔE00 same person", "ΔE00 different people"], t4,
+                  title="Colour consistency",
+                  note="Mean CIEDE2000 colour difference (Sharma et al. 2005) between the median predicted face colours "
+                       "(albedo, over the mesh's vertices) of two photos: same-person pairs vs different-people pairs. "
+                       "Colour that follows the person, not the photo's lighting, gives a small same-person value "
+                       "next to a larger different-people value.")
         mf = results["mean_face"]
         t3.append(["random chance", mf["chance_top1"], mf["chance_top5"], mf.get("chance_top1_excl_self"),
                    mf.get("chance_top5_excl_self")])
@@ -541,5 +566,6 @@ def print_identity_summary(results: dict, console=None) -> None:
         f"eval net {results['config']['eval_net']})", headers, rows, console=console,
         footer=(f"sim own: mean cosine photo vs own render; EMD to the same-person / different-people photo-pair "
                 f"similarities (means {ref['mean_same']:.3f} / {ref['mean_diff']:.3f}); top-k: identity recall; "
-                "*: own photo left out of the gallery"),
+                "*: own photo left out of the gallery; ΔE00: mean CIEDE2000 between the median predicted face "
+                "colours of same-person / different-people photo pairs"),
     )
