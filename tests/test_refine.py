@@ -83,7 +83,8 @@ def test_geometry_guards_shape_lr_and_anchor(rec, photo):
     base = dict(steps=4, views=2, render_size=96, lr=0.05)
     s0, c0, _ = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base, shape_lr=0.0))
     assert np.array_equal(s0, shape) and np.abs(c0 - color).max() > 1e-3
-    s_free, _, _ = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base))
+    assert RefineSettings().anchor > 0  # the shape is anchored by default
+    s_free, _, _ = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base, anchor=0.0))
     s_anch, _, info = refine_identity(rec.model, rec.encoder, emb, shape, color, RefineSettings(**base, anchor=200.0))
     assert np.abs(s_anch - shape).mean() < 0.7 * np.abs(s_free - shape).mean()
     assert info["anchor"] == 200.0
