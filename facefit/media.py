@@ -386,3 +386,15 @@ def write_mp4(frames: Any, path: str | os.PathLike, fps: float = 30.0) -> Path:
                 "imageio-ffmpeg is not available); write a GIF instead or install imageio-ffmpeg"
             )
     return path
+
+
+def turntable_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """The GIF, MP4 and contact sheet a turntable written to ``out`` (a prefix, or a
+    .gif/.mp4/.png path) consists of."""
+    out = Path(out)
+    if out.suffix.lower() in (".gif", ".mp4", ".png"):
+        stem = out.with_suffix("")
+    else:
+        stem = out
+    return (stem.parent / (stem.name + ".gif"), stem.parent / (stem.name + ".mp4"),
+            stem.parent / (stem.name + "_views.png"))

@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from . import __version__
 from .errors import FacefitError, InvalidFileError, ModelNotFoundError, NoFaceError
@@ -327,6 +326,8 @@ def checkpoint_info(path: str | os.PathLike, checkpoint: Mapping[str, Any] | Non
             "regressor_step": None, "regressor_format": None}
     ck = checkpoint
     if ck is None:
+        import torch
+
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - the regressor loader reports unreadable files
@@ -368,6 +369,8 @@ class Reconstructor:
     def __init__(self, checkpoint=None, model=None, device=None, detector: str = "dlib",
                  all_faces: bool = False, batch_size: int = 32, refine: int = 0, head: bool = False,
                  blendshapes: bool = False, pose: bool = False):
+        import torch
+
         from .model_io import resolve_model
         from .regressor import Regressor
 
@@ -440,20 +443,24 @@ class Reconstructor:
 
         return crop_for_net(image, face, self.encoder.crop, self.encoder.input_size)
 
-    @torch.no_grad()
-    def encode(self, crops: np.ndarray) -> torch.Tensor:
+    def encode(self, crops: np.ndarray) -> "torch.Tensor":
         """(N, S, S, 3) uint8 crops -> (N, D) encoder features (batched)."""
+        import torch
+
         out = []
-        for i in range(0, len(crops), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(crops[i:i + self.batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).float() / 255.0
-            out.append(self.encoder.features(x))
+        with torch.no_grad():
+            for i in range(0, len(crops), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(crops[i:i + self.batch_size])).to(self.device)
+                x = x.permute(0, 3, 1, 2).float() / 255.0
+                out.append(self.encoder.features(x))
         return torch.cat(out) if out else torch.zeros(0, self.encoder.feature_dim, device=self.device)
 
-    @torch.no_grad()
-    def decode(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, features: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
         """(N, D) features -> shape (N, Ks) and colour (N, Kc) coefficients (numpy)."""
-        pred = self.regressor.decode_features(features.to(self.device))
+        import torch
+
+        with torch.no_grad():
+            pred = self.regressor.decode_features(torch.as_tensor(features).to(self.device))
         return pred["shape_coeffs"].cpu().numpy(), pred["color_coeffs"].cpu().numpy()
 
     def refine(self, crops: np.ndarray, shapes: np.ndarray, colors: np.ndarray,
@@ -471,6 +478,8 @@ class Reconstructor:
         cfg = self.refine_settings
         if not cfg.steps:
             return shapes, colors, [{} for _ in range(len(shapes))]
+        import torch
+
         from .refine import refine_identity
 
         t0 = time.perf_counter()
@@ -633,6 +642,8 @@ def reconstruct(
     t_enc = (time.perf_counter() - t0) / len(found)
 
     if fuse:
+        import torch
+
         shapes, colors = rec.decode(feats)
         fused = feats.mean(0, keepdim=True)
         s, c = rec.decode(fused)
@@ -688,7 +699,8 @@ def reconstruct(
 def _face_reconstruction(rec: "Reconstructor", label: str, name: str, shape, color, feat, face, timing: dict,
                          ref: Optional[dict], texture: str, image, pose: Optional[bool] = None) -> Reconstruction:
     """One detected face's :class:`Reconstruction` (mesh, provenance, optional photo texture)."""
-    r = Reconstruction(label, name, rec.mesh(shape, color, {"source": label}), shape, color, feat.cpu().numpy(),
+    feat = feat if isinstance(feat, np.ndarray) else feat.cpu().numpy()
+    r = Reconstruction(label, name, rec.mesh(shape, color, {"source": label}), shape, color, feat,
                        box=face.box, landmarks68=face.landmarks68, score=float(face.score),
                        timing={**timing, **({"refine": ref["seconds"]} if ref else {})},
                        extra={"refine": ref} if ref else {})
@@ -797,7 +809,7 @@ def expected_files(paths: dict, companions: bool = False) -> list[Path]:
     """The files that the outputs ``paths`` (:func:`output_paths`) of one face make: the
     mesh, the coefficients, the turntable's GIF, MP4 and contact sheet; with
     ``companions`` also the ``.mtl`` and ``_texture.png`` an OBJ with a texture has beside it."""
-    from .turntable import _turntable_paths
+    from .media import turntable_paths as _turntable_paths
 
     mesh = paths["mesh"]
     files = [mesh]
@@ -1000,9 +1012,16 @@ def run_batch(
 
     if blendshapes and fmt != "glb":
         raise FacefitError(f"--blendshapes writes morph targets into glTF: use a .glb output (or --format glb), not {fmt}")
-    rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                        batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes,
-                        pose=pose and not fuse)
+    from .lite import lite_reason, make_lite_reconstructor
+
+    rec = None
+    if lite_reason(refine=refine, render=render, fuse=fuse, texture=texture, head=head, blendshapes=blendshapes,
+                   pose=pose, device=device) is None:  # plain job: no torch (facefit.lite)
+        rec = make_lite_reconstructor(checkpoint, model, detector, all_faces=all_faces, batch_size=batch_size)
+    if rec is None:
+        rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
+                            batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes,
+                            pose=pose and not fuse)
     summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME)
     manifest = None if single_file else _Manifest(summary.manifest)
 
@@ -1081,17 +1100,22 @@ def run_batch(
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not progress, transient=False)
     with DetectAhead(rec, items, wanted, keep_image=texture == "photo" or pose) as ahead, bar:
         task = bar.add_task("faces", total=len(items), rate="")
-        pending = []  # faces waiting for a batched encode: (item, face, crop, timing, image)
+        # faces waiting for a batched encode: (item, face, crop, timing, image, features or None);
+        # the torch-free engine's workers encode each face themselves (facefit.lite)
+        pending = []
 
         def flush():
             if not pending:
                 return
             by_item = {}
-            for k, (it, face, crop, timing, image) in enumerate(pending):
+            for k, (it, face, crop, timing, image, _) in enumerate(pending):
                 by_item.setdefault(id(it), (it, []))[1].append((k, face, timing, image))
             try:
                 t0 = time.perf_counter()
-                feats = rec.encode(np.stack([p[2] for p in pending]))
+                if all(p[5] is not None for p in pending):
+                    feats = np.stack([p[5] for p in pending])
+                else:
+                    feats = rec.encode(np.stack([p[2] for p in pending]))
                 t1 = time.perf_counter()
                 shapes, colors = rec.decode(feats)
                 t2 = time.perf_counter()
@@ -1111,7 +1135,7 @@ def run_batch(
                             "folder to get all of them, or leave out --all-faces for the main face only")
                     for (k, face, timing, image), name in zip(faces, names):
                         r = _face_reconstruction(rec, it.label, name, shapes[k], colors[k], feats[k], face,
-                                                 {**timing, "encode": (t1 - t0) / len(pending),
+                                                 {**timing, "encode": timing.get("encode", (t1 - t0) / len(pending)),
                                                   "decode": (t2 - t1) / len(pending)}, refs[k], texture, image)
                         if single_file:  # outputs named after -o, e.g. face.obj, face.json
                             paths = output_paths(out_dir, out.stem, fmt, save_coeffs, render, pose)
@@ -1159,8 +1183,9 @@ def run_batch(
                 fail(it.label, _error_text(e))
                 bar.advance(task)
                 continue
-            for face, crop in crops:
-                pending.append((it, face, crop, timing, image if (texture == "photo" or pose) else None))
+            for face, crop, *feat in crops:
+                pending.append((it, face, crop, timing, image if (texture == "photo" or pose) else None,
+                                feat[0] if feat else None))
             if len(pending) >= rec.batch_size:
                 flush()
             bar.advance(task)

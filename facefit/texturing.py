@@ -24,7 +24,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .errors import FacefitError
 from .mesh_io import FaceMesh
@@ -118,6 +117,7 @@ def _check_layout(uv, uv_triangles, size) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _build_raster(uv: np.ndarray, uv_triangles: np.ndarray, size: int) -> UVRaster:
+    import torch
     from scipy.ndimage import distance_transform_edt
 
     from .render import rasterize
@@ -284,6 +284,8 @@ def _bake_weights(raster: UVRaster, triangles: np.ndarray, n_vertices: int):
 
 def _srgb_bilinear(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Sample (3, H, W) image at (N, 2) pixel positions (continuous coords) -> (N, 3)."""
+    import torch
+
     H, W = image.shape[-2:]
     gx = uv[:, 0] / W * 2 - 1
     gy = uv[:, 1] / H * 2 - 1
@@ -310,6 +312,8 @@ def texture_from_photo(model, recon, image: np.ndarray, size: int = TEXTURE_SIZE
         FaceMesh with ``uv``, ``uv_triangles`` and ``texture``; ``meta['texture']`` says how
         many texels came from the photo.
     """
+    import torch
+
     from .albedo_build import vertex_visibility
     from .fitting import fit_landmarks, project_fit
     if model.uv is None or model.uv_triangles is None:

@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .errors import FacefitError
 from .mesh_io import FaceMesh, load_mesh
+from .media import turntable_paths as _turntable_paths  # (torch-free: the batch job imports it from media)
 from .media import (
     CONTACT_SHEET_YAWS,
     turntable_angles,
@@ -214,16 +215,6 @@ def texture_vertex_colors(mesh: FaceMesh) -> np.ndarray:
     if mesh.colors is not None:
         out[cnt == 0] = np.asarray(mesh.colors)[cnt == 0]
     return out.astype(np.float32)
-
-
-def _turntable_paths(out: Path) -> tuple[Path, Path, Path]:
-    out = Path(out)
-    if out.suffix.lower() in (".gif", ".mp4", ".png"):
-        stem = out.with_suffix("")
-    else:
-        stem = out
-    return (stem.parent / (stem.name + ".gif"), stem.parent / (stem.name + ".mp4"),
-            stem.parent / (stem.name + "_views.png"))
 
 
 def write_turntable(

@@ -121,9 +121,10 @@ class DetectAhead:
         self.pool: Optional[ProcessPoolExecutor] = None
         self._futures: dict = {}
         self._next = 0
+        from facefit.lite import LiteReconstructor
         from facefit.reconstruction import Reconstructor
 
-        if type(rec).faces_of is not Reconstructor.faces_of:
+        if type(rec).faces_of not in (Reconstructor.faces_of, LiteReconstructor.faces_of):
             return  # a customised Reconstructor: its own faces_of, in this process
         taken = _take_prestarted(rec.detector)
         if taken is not None:
@@ -164,7 +165,7 @@ class DetectAhead:
             try:
                 self._futures[id(it)] = self.pool.submit(
                     workers.faces_of, it.path, it.label, it.image, self.rec.detector, self.rec.all_faces,
-                    enc.crop, enc.input_size, self.keep_image)
+                    enc.crop, enc.input_size, self.keep_image, getattr(self.rec, "features_onnx", None))
             except (BrokenProcessPool, RuntimeError):
                 self._broken()
 

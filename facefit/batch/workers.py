@@ -67,10 +67,13 @@ def crop(image, face, net_crop: str, size: int):
 
 
 def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: str, size: int,
-             keep_image: bool):
+             keep_image: bool, features_onnx=None):
     """Load + detect + crop one input (an :class:`~facefit.reconstruction.InputItem`'s
     ``path``, ``label`` and ``image``: the item itself is not sent, as unpickling it would
     import :mod:`facefit.reconstruction` and torch).
+
+    With ``features_onnx`` (the torch-free engine's encoder, :mod:`facefit.lite`) each
+    crop is also encoded here: the list holds ``(face, crop, features)``.
 
     Returns:
         ``("ok", (image or None, [(face, crop)], timing))`` (the image only with
@@ -91,6 +94,11 @@ def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: 
             raise NoFaceError(f"no face found in {label}")
         crops = [(f, crop(image, f, net_crop, size)) for f in faces]
         t3 = time.perf_counter()
+        if features_onnx is not None:
+            from facefit.lite import encode_chip
+
+            crops = [(f, c, encode_chip(features_onnx, c)) for f, c in crops]
+        t4 = time.perf_counter()
     except Exception as e:  # noqa: BLE001 - handed to the main process, which reports it
         try:
             pickle.loads(pickle.dumps(e))
@@ -98,4 +106,7 @@ def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: 
             text = str(e) if isinstance(e, FacefitError) else f"{type(e).__name__}: {e}"
             e = FacefitError(text)
         return "error", e
-    return "ok", (image if keep_image else None, crops, {"load": t1 - t0, "detect": t2 - t1, "align": t3 - t2})
+    timing = {"load": t1 - t0, "detect": t2 - t1, "align": t3 - t2}
+    if features_onnx is not None:
+        timing["encode"] = (t4 - t3) / len(crops)
+    return "ok", (image if keep_image else None, crops, timing)
