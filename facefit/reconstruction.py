@@ -725,7 +725,8 @@ class BatchSummary:
     ``failed`` counts inputs (and unreadable folders) that gave no output, also those
     left out of a ``fuse``; ``errors`` lists them as (label, message). ``fused`` holds the
     fused face's statistics (``n_fused``, ``consistency_mm_mean``, ``consistency_mm_max``,
-    ``texture_from``) with ``fuse``.
+    ``texture_from``) with ``fuse``. ``engine`` says which inference path ran: "lite"
+    (plain jobs, no torch, :mod:`facefit.lite`) or "torch".
     """
 
     processed: int = 0
@@ -738,6 +739,8 @@ class BatchSummary:
     manifest: Optional[Path] = None
     fused: Optional[dict] = None
     pose_errors: list = field(default_factory=list)
+    #: "lite" (no torch: :mod:`facefit.lite`) or "torch"
+    engine: str = "torch"
 
     @property
     def images_per_second(self) -> float:
@@ -951,6 +954,12 @@ def run_batch(
             its manifest line says ``pose_error``. With ``fuse``: the video among the inputs
             is tracked into ``<name>_track.csv`` and ``<name>_track.glb`` (every
             ``track_every``-th frame, smoothing ``track_smooth`` seconds).
+
+    A plain job (none of ``refine``, ``render``, ``fuse``, ``texture="photo"``, ``head``,
+    ``blendshapes``, ``pose``; no CUDA ``device``; a dlib-encoder checkpoint) runs without
+    torch (:mod:`facefit.lite`; ``$FACEFIT_ENGINE=torch`` turns that off): the same files
+    within a float tolerance (``docs/speed.md``).
+
     Returns:
         :class:`BatchSummary`. In folder mode ``manifest.jsonl`` in the output folder
         describes THIS run, one JSON line per input (per frame for videos, per unreadable
@@ -964,7 +973,10 @@ def run_batch(
         FacefitError: bad arguments or output location; in single-file mode, the input's
         error; NoFaceError: ``fuse`` and no face in any input.
     """
+    from .lite import engine_setting
+
     t_start = time.perf_counter()
+    engine_setting()  # a bad $FACEFIT_ENGINE is refused before anything happens
     out = Path(out)
     walk_errors: list = []
     pairs = expand_inputs(inputs, walk_errors)
@@ -1022,7 +1034,8 @@ def run_batch(
         rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
                             batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes,
                             pose=pose and not fuse)
-    summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME)
+    summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME,
+                           engine="torch" if isinstance(rec, Reconstructor) else "lite")
     manifest = None if single_file else _Manifest(summary.manifest)
 
     def note(entry):
