@@ -1,7 +1,8 @@
 """Reconstruction throughput (JSON): the library path by stage and, with ``--cli``, the
 command line as a user runs it, against an older facefit measured in the same run.
 
-Library path (always): the real batch job (``facefit.reconstruction.run_batch``: load,
+Library path (always; the engine ``run_batch`` picks, ``FACEFIT_ENGINE=torch`` for the
+torch path): the real batch job (``facefit.reconstruction.run_batch``: load,
 detect, align, encode, decode, write OBJ + MTL + texture + manifest) over a folder (default
 ../shared/data/faces-dev), photos/s over all inputs and over the successful ones, the mean
 time per face of each stage, and the encoder + decoder time per face on a batch.
@@ -17,8 +18,9 @@ Command line (``--cli``): ``python -m facefit reconstruct`` in a subprocess, for
 each run for this checkout ("new") and, with ``--old-ref REF``, for that git commit of this
 repository ("old", extracted with ``git archive`` into a temporary folder), interleaved
 (old, new, old, new, ...) so that both see the same machine load. Reported per case:
-seconds and photos/s of each run, the medians, ``speedup`` = old median / new median
-seconds, and for folder jobs the peak memory of the whole process tree (sum of PSS of the
+seconds, CPU seconds (of the whole process tree) and photos/s of each run, the medians,
+``speedup`` = old median / new median seconds, ``cpu_ratio`` = old / new median CPU
+seconds (the steadier number on a shared machine), and for folder jobs the peak memory of the whole process tree (sum of PSS of the
 CLI process and its worker processes, sampled every 50 ms) and of its largest process
 (``ru_maxrss``). The load average of the machine before and after is recorded: on a
 shared machine the absolute numbers move, the ratios much less.
@@ -57,12 +59,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # --------------------------------------------------------------------------- library path
 
 
+def _reconstructor(checkpoint, engine: str):
+    """The inference engine the batch job uses (``facefit.lite`` for plain jobs, else torch)."""
+    if engine == "lite":
+        from facefit.lite import make_lite_reconstructor
+
+        return make_lite_reconstructor(checkpoint)
+    from facefit.reconstruction import Reconstructor
+
+    return Reconstructor(checkpoint)
+
+
 def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
-    import torch
+    from facefit.lite import engine_setting
+    from facefit.reconstruction import run_batch
 
-    from facefit.reconstruction import Reconstructor, run_batch
+    engine = "torch" if engine_setting() == "torch" else "lite"
+    if engine == "torch":
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
     stages = {k: [] for k in ("load", "detect", "align", "encode", "decode", "write")}
 
     def on_item(entry):
@@ -72,7 +88,7 @@ def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: models loaded and caches filled before timing
-        Reconstructor(checkpoint)
+        _reconstructor(checkpoint, engine)
         self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         s = run_batch([folder], tmp, checkpoint=checkpoint, fmt=fmt, progress=False, on_item=on_item, batch_size=32)
@@ -83,7 +99,7 @@ def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
     n_in = s.processed + s.failed
     cores = min(2, os.cpu_count() or 1)
 
-    rec = Reconstructor(checkpoint)
+    rec = _reconstructor(checkpoint, s.engine)
     crops = np.random.default_rng(0).integers(0, 255, (32, rec.encoder.input_size, rec.encoder.input_size, 3),
                                               dtype=np.uint8)
     rec.decode(rec.encode(crops[:4]))
@@ -99,6 +115,7 @@ def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
 
     return {
         "folder": folder,
+        "engine": s.engine,
         "threads": threads,
         "workers": worker_count(s.processed + s.failed),
         "photos": s.processed + s.failed,
@@ -263,8 +280,10 @@ def cli_path(args, folder: Path) -> dict:
             for v in order:
                 entry[f"{v}_median_seconds"] = round(statistics.median(x["seconds"] for x in runs[v]), 3)
                 entry[f"{v}_median_photos_per_second"] = round(n / entry[f"{v}_median_seconds"], 2)
+                entry[f"{v}_median_cpu_seconds"] = round(statistics.median(x["cpu_seconds"] for x in runs[v]), 2)
             if "old" in runs:
                 entry["speedup"] = round(entry["old_median_seconds"] / entry["new_median_seconds"], 2)
+                entry["cpu_ratio"] = round(entry["old_median_cpu_seconds"] / max(entry["new_median_cpu_seconds"], 1e-9), 2)
             results[name] = entry
         for flag in ("--help", "--version"):
             runs = {v: [] for v in order}
