@@ -163,3 +163,21 @@ def test_workers_start_after_opencv_threads_ran(untrained_checkpoint, tmp_path, 
     monkeypatch.setenv("FACEFIT_WORKERS", "2")
     s = run_batch([src], tmp_path / "out", checkpoint=untrained_checkpoint, progress=False)
     assert s.processed == 2
+
+
+def test_pyramid_down_in_uint16_is_exact():
+    """dlib's pyramid level summed in uint16 (faster) equals the int32 sums, also for white."""
+    from facefit.faces.chips import _pyramid_down
+
+    def int32_reference(img):
+        h, w = img.shape[:2]
+        oh, ow = (h - 3) // 2, (w - 3) // 2
+        x = img.astype(np.int32)
+        k = (1, 4, 6, 4, 1)
+        rows = sum(k[i] * x[:, i: i + 2 * ow: 2] for i in range(5))
+        return (sum(k[i] * rows[i: i + 2 * oh: 2] for i in range(5)) // 256).astype(np.uint8)
+
+    rng = np.random.default_rng(3)
+    for img in (rng.integers(0, 256, (91, 64, 3), dtype=np.uint8), np.full((40, 33, 3), 255, np.uint8),
+                rng.choice(np.array([0, 255], np.uint8), (50, 50, 3))):
+        assert np.array_equal(_pyramid_down(img), int32_reference(img))
