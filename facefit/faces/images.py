@@ -195,10 +195,16 @@ def _load(name: str, max_pixels: int | None, background: tuple[int, int, int]) -
                 if w <= 0 or h <= 0:
                     raise InvalidFileError(f"{name}: image has no pixels")
                 im.load()  # the first frame of animated files
-                try:
-                    im2 = ImageOps.exif_transpose(im)
+                try:  # (exif_transpose copies the pixels also when there is nothing to turn)
+                    turn = im.getexif().get(0x0112, 1) in range(2, 9)  # EXIF Orientation
                 except Exception:  # broken EXIF block: keep the pixels as stored
-                    im2 = im
+                    turn = False
+                im2 = im
+                if turn:
+                    try:
+                        im2 = ImageOps.exif_transpose(im)
+                    except Exception:  # broken EXIF block: keep the pixels as stored
+                        im2 = im
                 return _pil_to_rgb_array(im2, background)
     except InvalidFileError:
         raise
