@@ -121,6 +121,12 @@ class DetectAhead:
         self.pool: Optional[ProcessPoolExecutor] = None
         self._futures: dict = {}
         self._next = 0
+        # the torch-free engine's encoder (facefit.lite) runs in the workers for a folder; for
+        # one input in this process, whose session is made while the worker loads dlib
+        self.features_onnx = getattr(rec, "features_onnx", None)
+        if self.features_onnx is not None and sum(1 for it in self.items if not isinstance(it, tuple)) <= 1:
+            self.features_onnx = None
+            rec.prepare_encoder()
         from facefit.lite import LiteReconstructor
         from facefit.reconstruction import Reconstructor
 
@@ -165,7 +171,7 @@ class DetectAhead:
             try:
                 self._futures[id(it)] = self.pool.submit(
                     workers.faces_of, it.path, it.label, it.image, self.rec.detector, self.rec.all_faces,
-                    enc.crop, enc.input_size, self.keep_image, getattr(self.rec, "features_onnx", None))
+                    enc.crop, enc.input_size, self.keep_image, self.features_onnx)
             except (BrokenProcessPool, RuntimeError):
                 self._broken()
 
