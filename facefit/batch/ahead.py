@@ -186,7 +186,8 @@ class DetectAhead:
     def faces_of(self, item):
         """``(image, [(face, crop)], timing)`` of one input, as
         :meth:`~facefit.reconstruction.Reconstructor.faces_of` gives them (``image`` is None
-        unless ``keep_image``); raises what that would raise."""
+        unless ``keep_image``; with the torch-free engine's encoder in the workers the list
+        holds ``(face, crop, features)``); raises what that would raise."""
         if self.pool is None:
             return self.rec.faces_of(item)
         k = self._index.get(id(item))

@@ -1,4 +1,5 @@
-"""What a detection worker process does: load, detect and crop one input (no torch).
+"""What a detection worker process does: load, detect and crop one input (no torch), and
+for the torch-free engine (:mod:`facefit.lite`) encode its crops.
 
 Runs the same functions as :meth:`facefit.reconstruction.Reconstructor.faces_of`
 (:func:`facefit.faces.images.load_image`, :func:`facefit.faces.detection.detect_faces`
