@@ -446,12 +446,6 @@ class LiteReconstructor:
         self.mesh_model = model
         self._rows: dict = {}
 
-    def prepare_encoder(self) -> None:
-        """Make this process's encoder session now, in a background thread (for a single
-        photo: while a worker loads dlib's models and finds the face)."""
-        threading.Thread(target=_session, args=(self.features_onnx,), daemon=True,
-                         name="facefit-onnx-session").start()
-
     # -- stages (numpy in, numpy out)
     def encode(self, crops: np.ndarray) -> np.ndarray:
         """(N, 150, 150, 3) uint8 chips -> (N, 256) float32 features, one face at a time."""

@@ -121,12 +121,8 @@ class DetectAhead:
         self.pool: Optional[ProcessPoolExecutor] = None
         self._futures: dict = {}
         self._next = 0
-        # the torch-free engine's encoder (facefit.lite) runs in the workers for a folder; for
-        # one input in this process, whose session is made while the worker loads dlib
+        # the torch-free engine's encoder (facefit.lite) runs in the workers too
         self.features_onnx = getattr(rec, "features_onnx", None)
-        single = sum(1 for it in self.items if not isinstance(it, tuple)) <= 1
-        if single:
-            self.features_onnx = None
         from facefit.lite import LiteReconstructor
         from facefit.reconstruction import Reconstructor
 
@@ -145,8 +141,6 @@ class DetectAhead:
                     self.pool = None
         self.window = int(window) if window is not None else 4 * max(n, 1)
         self._index = {id(it): k for k, it in enumerate(self.items)}
-        if single and getattr(rec, "features_onnx", None) is not None:
-            rec.prepare_encoder()  # a thread: only once the workers are forked
 
     # -- context
     def __enter__(self) -> "DetectAhead":
