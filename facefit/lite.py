@@ -192,12 +192,16 @@ def build_features_onnx(state: dict) -> bytes:
     return model.SerializeToString()
 
 
+class CacheUnavailable(OSError):
+    """facefit's cache folder cannot hold the encoder file (the torch path does the job)."""
+
+
 def features_onnx_path(dat: Optional[Path] = None) -> Path:
     """The cached ONNX encoder for dlib's weight file ``dat`` (default: the installed one),
     made (with torch, once) when missing.
 
     Raises:
-        ModelNotFoundError: no weight file.
+        ModelNotFoundError: no weight file; CacheUnavailable: the file cannot be written.
     """
     if dat is None:
         try:
@@ -214,7 +218,7 @@ def features_onnx_path(dat: Optional[Path] = None) -> Path:
 
         _save_atomic(path, build_features_onnx(load_dlib_state(dat)))
         if not path.is_file():
-            raise FacefitError(f"cannot write {path} (facefit's cache folder must be writable)")
+            raise CacheUnavailable(f"cannot write {path}")
     return path
 
 
@@ -506,7 +510,8 @@ class LiteReconstructor:
 
 def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib", all_faces: bool = False,
                             batch_size: int = 16) -> Optional[LiteReconstructor]:
-    """A :class:`LiteReconstructor`, or None when the checkpoint's encoder is not dlib's.
+    """A :class:`LiteReconstructor`, or None when the checkpoint's encoder is not dlib's or
+    facefit's cache folder cannot hold the encoder file (then the torch path runs).
 
     Raises:
         the errors :class:`facefit.reconstruction.Reconstructor` raises for a missing or
@@ -523,10 +528,14 @@ def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib",
             model = resolve_model(model)
         except ModelNotFoundError as e:
             raise ModelNotFoundError(f"the regressor {ckpt.name} needs its morphable model, which is missing: {e}") from None
-    lite = load_lite(ckpt, model)
+    try:
+        lite = load_lite(ckpt, model)
+        onnx_path = features_onnx_path() if lite is not None else None
+    except OSError:  # no usable cache folder for the encoder or the decoder: the torch path
+        return None
     if lite is None:
         return None
-    return LiteReconstructor(ckpt, model, lite, features_onnx_path(), detector, all_faces, batch_size)
+    return LiteReconstructor(ckpt, model, lite, onnx_path, detector, all_faces, batch_size)
 
 
 __all__ = ["ENV_ENGINE", "LiteReconstructor", "LiteRegressor", "build_features_onnx", "encode_chip",

@@ -176,3 +176,18 @@ def test_onnx_encoder_matches_the_torch_network():
         got = encode_chip(onnx, chip)
         assert got.shape == (256,) and got.dtype == np.float32
         assert np.abs(got - ref).max() < 1e-5
+
+
+def test_no_room_for_the_encoder_file_means_the_torch_path(tmp_path, monkeypatch, untrained_checkpoint):
+    import facefit.lite as lite
+
+    def no_room(path, data):  # the cache folder takes nothing (read-only, full disk, ...)
+        return None
+
+    monkeypatch.setenv("FACEFIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lite, "_save_atomic", no_room)
+    assert make_lite_reconstructor(untrained_checkpoint) is None
+    monkeypatch.setenv("FACEFIT_WORKERS", "0")
+    s = run_batch([sorted((DEV / "Tony_Blair").glob("*.jpg"))[0]], tmp_path / "face.obj",
+                  checkpoint=untrained_checkpoint, progress=False)
+    assert s.engine == "torch" and s.processed == 1 and (tmp_path / "face.obj").is_file()
