@@ -13,7 +13,7 @@ process decodes and writes.
 What it needs is made once and kept in facefit's cache folder (``lite/``); the run that
 makes it imports torch:
 
-* ``dlib_resnet-<sha of the .dat>-features.onnx``: :meth:`DlibResNet.features
+* ``dlib_resnet-<sha of the .dat>-features-<format>.onnx``: :meth:`DlibResNet.features
   <facefit.recognition.DlibResNet.features>` as an ONNX graph built from the same converted
   weights (:func:`build_features_onnx`, no torch needed for the graph itself).
 * ``regressor-<sha of the checkpoint>.npz``: the decoder's weights and input statistics,
@@ -212,7 +212,7 @@ def features_onnx_path(dat: Optional[Path] = None) -> Path:
         dat = Path(face_recognition_models.face_recognition_model_location())
     if not dat.is_file():
         raise ModelNotFoundError(f"dlib face-recognition weights not found: {dat}")
-    path = _lite_dir() / f"dlib_resnet-{_sha256(dat)[:32]}-features.onnx"
+    path = _lite_dir() / f"dlib_resnet-{_sha256(dat)[:32]}-features-{_FORMAT}.onnx"
     if not path.is_file():
         from .recognition.dlib_resnet import load_dlib_state  # imports torch: the first run only
 

@@ -166,6 +166,10 @@ def test_onnx_encoder_matches_the_torch_network():
     from facefit.lite import encode_chip, features_onnx_path
     from facefit.recognition import get_net
 
+    from facefit.lite import _BLOCKS
+    from facefit.recognition.dlib_resnet import DLIB_BLOCKS
+
+    assert _BLOCKS == DLIB_BLOCKS  # (repeated in facefit.lite, which must not import torch)
     net = get_net("dlib")
     onnx = features_onnx_path()
     for person in ("Tony_Blair", "Halle_Berry"):
