@@ -400,8 +400,8 @@ def _blas_local_setter():
 class one_blas_thread:
     """Context: numpy's matrix products in this thread run on one thread. The products here
     are small (one face: a (1, 100) x (100, 28k) product reads 11 MB); with a second BLAS
-    thread they cost 8 ms of CPU instead of 0.6 ms on a busy 2-core machine (measured),
-    and on one thread their numbers do not depend on the machine's core count."""
+    thread they cost 8 ms of CPU instead of 0.6 ms on a busy 2-core machine (measured).
+    The calling thread's setting is restored on exit."""
 
     def __enter__(self):
         setter = _blas_local_setter()
