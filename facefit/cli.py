@@ -229,8 +229,11 @@ def reconstruct_cmd(
     """
     if not fuse and detector in ("dlib", "mtcnn", "yunet"):  # detection workers start before torch loads
         from .batch import prestart
+        from .lite import lite_reason
 
-        prestart(inputs, detector)
+        plain = lite_reason(refine=refine, render=render, texture=None if texture == "model" else texture, head=head,
+                            blendshapes=blendshapes, pose=pose, device=device) is None
+        prestart(inputs, detector, preload=plain)
     from rich.console import Console
     from rich.table import Table
 

@@ -91,12 +91,15 @@ def test_plain_reconstruct_does_not_import_torch(tmp_path):
     code = ("import sys\nfrom facefit.cli import main\n"
             f"assert main(['reconstruct', {str(photo)!r}, '-o', {str(tmp_path / 'face.obj')!r}]) == 0\n"
             f"assert main(['reconstruct', {str(src)!r}, '-o', {str(tmp_path / 'out')!r}, '--save-coeffs', 'npz']) == 0\n"
-            "print('torch' in sys.modules)\n")
-    for workers in ("0", "1"):  # everything in the main process / detection + encoding in a worker
+            "from facefit.faces.detection import _CACHE\n"
+            "print('torch' in sys.modules, 'dlib' in _CACHE)\n")
+    # everything in the main process / detection + encoding in a worker / two workers, which
+    # share the dlib models the main process loaded before forking them (prestart's preload)
+    for workers, preloaded in (("0", "True"), ("1", "False"), ("2", "True")):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
                            env={**__import__("os").environ, "FACEFIT_WORKERS": workers})
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip().splitlines()[-1] == "False"
+        assert r.stdout.strip().splitlines()[-1] == f"False {preloaded}"
         assert (tmp_path / "face.obj").is_file() and (tmp_path / "out" / "Colin_Powell_0001.npz").is_file()
 
 
