@@ -154,8 +154,8 @@ def visibility_torch(
         faces: (F, 3) int64.
         image_size: (H, W).
         small_box: triangles whose pixel bounding box is at most ``small_box`` pixels in both
-            directions are processed in groups of identical box size; larger ones through a
-            generic (chunked) enumeration.
+            directions (at most 15) are processed in groups of identical box size; larger
+            ones through a generic (chunked) enumeration.
         chunk_candidates: bound on (pixel, triangle) pairs evaluated at once for large
             triangles (memory).
     Returns:
@@ -173,52 +173,43 @@ def visibility_torch(
     if not bool(torch.isfinite(sv).all()):
         # NaN fails every comparison below, so triangles touching such vertices are dropped
         sv = torch.where(torch.isfinite(sv), sv, torch.full_like(sv, float("nan")))
+    sb = max(0, min(int(small_box), 15))
 
-    # Structure-of-arrays gather: g[c, k, i] = component c (u, v, z) of corner k of triangle i
-    # (i runs over B * F), every row contiguous (fast elementwise math).
+    # Structure-of-arrays gather: u[k, i] = u of corner k of triangle i (i runs over B * F),
+    # every row contiguous (fast elementwise math); torch.take is the fastest CPU gather.
     comp = sv.reshape(B * V, 3).t().contiguous()  # (3, B*V)
-    vidx = faces.t().contiguous().unsqueeze(1) + (torch.arange(B, device=device) * V).view(1, B, 1)
-    g = comp.index_select(1, vidx.reshape(-1)).view(3, 3, B * F)
-    u, v, z = g[0], g[1], g[2]
+    vidx = (faces.t().contiguous().unsqueeze(1) + (torch.arange(B, device=device) * V).view(1, B, 1)).view(3, B * F)
+    u, v, z = (comp[c].take(vidx) for c in range(3))  # (3, B*F) each
     area2 = (u[1] - u[0]) * (v[2] - v[0]) - (u[2] - u[0]) * (v[1] - v[0])
-    valid = (z[0] > near) & (z[1] > near) & (z[2] > near)
-    valid &= (area2 < -1e-12) if cull_backfaces else (area2.abs() > 1e-12)
-    tri_idx = valid.nonzero().squeeze(1)
-    if tri_idx.numel() == 0:
-        return empty
-    g = g.view(9, B * F).index_select(1, tri_idx)  # (9, T)
-    area2 = area2.index_select(0, tri_idx)
-    u0, u1, u2, v0, v1, v2, z0, z1, z2 = g.unbind(0)
-
     # pixel j is a candidate when its centre j + 0.5 lies in [min, max]
     # (clamped on both sides so that far off-screen coordinates cannot overflow int64)
-    x0 = torch.ceil(torch.minimum(torch.minimum(u0, u1), u2) - 0.5).clamp_(0, W)
-    x1 = torch.floor(torch.maximum(torch.maximum(u0, u1), u2) - 0.5).clamp_(-1, W - 1)
-    y0 = torch.ceil(torch.minimum(torch.minimum(v0, v1), v2) - 0.5).clamp_(0, H)
-    y1 = torch.floor(torch.maximum(torch.maximum(v0, v1), v2) - 0.5).clamp_(-1, H - 1)
+    x0 = torch.ceil(torch.minimum(torch.minimum(u[0], u[1]), u[2]) - 0.5).clamp_(0, W)
+    x1 = torch.floor(torch.maximum(torch.maximum(u[0], u[1]), u[2]) - 0.5).clamp_(-1, W - 1)
+    y0 = torch.ceil(torch.minimum(torch.minimum(v[0], v[1]), v[2]) - 0.5).clamp_(0, H)
+    y1 = torch.floor(torch.maximum(torch.maximum(v[0], v[1]), v[2]) - 0.5).clamp_(-1, H - 1)
+    # drawable: in front of the near plane, not degenerate (front-facing if culling) and
+    # with at least one pixel centre in its box; everything below works on these only
+    keep = (z[0] > near) & (z[1] > near) & (z[2] > near)
+    keep &= (area2 < -1e-12) if cull_backfaces else (area2.abs() > 1e-12)
+    keep &= (x1 >= x0) & (y1 >= y0)
+    tri_idx = keep.nonzero().squeeze(1)
+    if tri_idx.numel() == 0:
+        return empty
+    x0, x1, y0, y1 = (x.take(tri_idx) for x in (x0, x1, y0, y1))
     nx = (x1 - x0).long() + 1
     ny = (y1 - y0).long() + 1
 
-    # Sort triangles by box shape: group (nx-1)*small_box + (ny-1) for boxes of at most
-    # small_box x small_box pixels, then one group of larger boxes, then the empty boxes
-    # (dropped). Every group is then a contiguous slice of the sorted arrays.
-    sb = small_box
+    # Group triangles by box shape: group (nx-1)*sb + (ny-1) for boxes of at most sb x sb
+    # pixels, then one group of larger boxes. Sorted first (a one-byte key sorts fast), so
+    # that every group is a contiguous slice of everything computed below.
     n_small = sb * sb
-    small = (nx <= sb) & (ny <= sb)
-    gkey = torch.where(small, (nx - 1) * sb + (ny - 1), torch.full_like(nx, n_small))
-    gkey = torch.where((nx > 0) & (ny > 0), gkey, torch.full_like(nx, n_small + 1))
-    gkey, order = torch.sort(gkey)
-    counts = torch.bincount(gkey, minlength=n_small + 2).tolist()
-    n_keep = sum(counts[: n_small + 1])
-    if n_keep == 0:
-        return empty
-    order = order[:n_keep]
-    sel = lambda x: x.index_select(0, order)  # noqa: E731
-    u0, u1, u2, v0, v1, v2, z0, z1, z2 = (sel(x) for x in (u0, u1, u2, v0, v1, v2, z0, z1, z2))
-    area2, x0, y0, nx, ny, tri_idx = (sel(x) for x in (area2, x0, y0, nx, ny, tri_idx))
-    bidx = torch.div(tri_idx, F, rounding_mode="floor")
-    fid = tri_idx - bidx * F
-    base = bidx * (H * W) + y0.long() * W + x0.long()  # flat pixel index of the box origin
+    gkey = torch.where((nx <= sb) & (ny <= sb), (nx - 1) * sb + (ny - 1), torch.full_like(nx, n_small))
+    gkey, order = torch.sort(gkey.to(torch.uint8))
+    counts = torch.bincount(gkey, minlength=n_small + 1).tolist()
+    tri_idx = tri_idx.take(order)
+    x0, y0, nx, ny = (x.take(order) for x in (x0, y0, nx, ny))
+    area2 = area2.take(tri_idx)
+    u0, u1, u2, v0, v1, v2, z0, z1, z2 = (c.take(tri_idx) for c in (*u, *v, *z))
 
     # Barycentrics as affine functions of integer pixel offsets (ox, oy) from the box
     # origin's pixel centre: b_i = A_i * ox + B_i * oy + C_i (origin-relative = precise).
@@ -226,17 +217,19 @@ def visibility_torch(
     du0, du1, du2 = u0 - ox0, u1 - ox0, u2 - ox0
     dv0, dv1, dv2 = v0 - oy0, v1 - oy0, v2 - oy0
     inv_a = 1.0 / area2
+    # inverse depth is affine in screen space too: 1/z = sum_i b_i / z_i
+    iz0, iz1, iz2 = 1.0 / z0, 1.0 / z1, 1.0 / z2
     A0, A1, A2 = (dv1 - dv2) * inv_a, (dv2 - dv0) * inv_a, (dv0 - dv1) * inv_a
     B0, B1, B2 = (du2 - du1) * inv_a, (du0 - du2) * inv_a, (du1 - du0) * inv_a
     C0 = (du1 * dv2 - du2 * dv1) * inv_a
     C1 = (du2 * dv0 - du0 * dv2) * inv_a
     C2 = (du0 * dv1 - du1 * dv0) * inv_a
-    # inverse depth is affine in screen space too: 1/z = sum_i b_i / z_i
-    iz0, iz1, iz2 = 1.0 / z0, 1.0 / z1, 1.0 / z2
     P = A0 * iz0 + A1 * iz1 + A2 * iz2
     Q = B0 * iz0 + B1 * iz1 + B2 * iz2
     S = C0 * iz0 + C1 * iz1 + C2 * iz2
-    coef = (A0, A1, A2, B0, B1, B2, C0, C1, C2, P, Q, S)
+    # (4, 3, T): rows b0, b1, b2, 1/z; columns (A, B, C), so that the values at offsets
+    # (ox, oy) are (ox, oy, 1) @ coef
+    coef = torch.stack([A0, B0, C0, A1, B1, C1, A2, B2, C2, P, Q, S], 0).view(4, 3, -1)
 
     # z-buffer key: quantised (izmax - 1/z) in the high bits (nearer = smaller), face id low
     fbits = max(1, int(F - 1).bit_length())
@@ -247,35 +240,46 @@ def visibility_torch(
     inv_range = 1.0 / max(izmax - izmin, 1e-30)
     zbuf = torch.full((B * H * W,), _INT64_MAX, dtype=torch.int64, device=device)
 
-    def emit(c, ox, oy, pix, f):
-        """c: 12 coefficient arrays (n, 1) or (M,); ox, oy: float offsets; pix, f: int64."""
-        b0 = c[0] * ox + c[3] * oy + c[6]
-        b1 = c[1] * ox + c[4] * oy + c[7]
-        b2 = c[2] * ox + c[5] * oy + c[8]
-        inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
-        izv = (c[9] * ox + c[10] * oy + c[11])[inside]
+    bidx = torch.div(tri_idx, F, rounding_mode="floor")
+    fid = tri_idx - bidx * F
+    base = bidx * (H * W) + y0.long() * W + x0.long()  # flat pixel index of the box origin
+
+    def emit(izv, pix, f):
         # normalise to [0, 1] first so that nothing overflows in float32, then quantise
         q = ((izmax - izv) * inv_range).clamp_(0.0, 1.0).mul_(qmax).long()
-        key = (q << fbits) | f.expand_as(inside)[inside]
-        zbuf.scatter_reduce_(0, pix.expand_as(inside)[inside], key, reduce="amin", include_self=True)
+        zbuf.scatter_reduce_(0, pix, (q << fbits) | f, reduce="amin", include_self=True)
 
     start = 0
-    for grp in range(n_small + 1):
+    for grp in range(n_small):
         cnt = counts[grp]
         s, e = start, start + cnt
         start = e
         if cnt == 0:
             continue
-        if grp < n_small:
-            # dense broadcasting over the gx x gy offsets of this box shape
-            gx, gy = grp // sb + 1, grp % sb + 1
-            ox, oy = _grid_offsets(gx, gy, device)
-            c = [x[s:e].unsqueeze(1) for x in coef]  # (n, 1) each
-            pix = base[s:e].unsqueeze(1) + (oy * W + ox)
-            emit(c, ox.to(A0.dtype), oy.to(A0.dtype), pix, fid[s:e].unsqueeze(1))
-            continue
-        # large boxes: enumerate (triangle, pixel) pairs explicitly, in bounded chunks
-        n_all = nx[s:e] * ny[s:e]
+        # all gx x gy offsets of this box shape at once: (4, K, 3) @ (4, 3, n)
+        gx, gy = grp // sb + 1, grp % sb + 1
+        ox, oy = _grid_offsets(gx, gy, device)
+        K = ox.numel()
+        c = coef[:, :, s:e]
+        if K == 1:
+            vals = c[:, 2].unsqueeze(1)  # (4, 1, n): the C column at offset (0, 0)
+        else:
+            offs = torch.stack([ox, oy, torch.ones_like(ox)], 1).to(coef.dtype)  # (K, 3)
+            vals = torch.matmul(offs, c)  # (4, K, n): b0, b1, b2, 1/z
+        inside = vals[:3].amin(0) >= 0  # (K, n)
+        hit = inside.view(-1).nonzero().squeeze(1)
+        k = torch.div(hit, cnt, rounding_mode="floor")
+        ti = hit - k * cnt
+        izv = vals[3].reshape(-1).take(hit)
+        ti = ti + s
+        pix = base.take(ti) + (oy * W + ox).take(k)
+        emit(izv, pix, fid.take(ti))
+
+    # large boxes: enumerate (triangle, pixel) pairs explicitly, in bounded chunks
+    s, e = start, start + counts[n_small]
+    if e > s:
+        nxb, nyb = nx[s:e], ny[s:e]
+        n_all = nxb * nyb
         csum = torch.cumsum(n_all, 0)
         lo, nbig = 0, e - s
         while lo < nbig:
@@ -286,13 +290,21 @@ def visibility_torch(
             t = torch.repeat_interleave(torch.arange(hi - lo, device=device), n)
             first = torch.cumsum(n, 0) - n
             k = torch.arange(t.numel(), device=device) - first[t]
-            ti = t + (s + lo)  # index into the sorted arrays
-            nxt = nx.index_select(0, ti)
+            nxt = nxb.take(t + lo)
             oy = torch.div(k, nxt, rounding_mode="floor")
             ox = k - oy * nxt
-            c = [x.index_select(0, ti) for x in coef]
-            pix = base.index_select(0, ti) + oy * W + ox
-            emit(c, ox.to(A0.dtype), oy.to(A0.dtype), pix, fid.index_select(0, ti))
+            ti = t + (s + lo)  # index into the sorted arrays
+            c = coef.view(12, -1).index_select(1, ti)  # (12, M)
+            oxf, oyf = ox.to(c.dtype), oy.to(c.dtype)
+            b0 = c[0] * oxf + c[1] * oyf + c[2]
+            b1 = c[3] * oxf + c[4] * oyf + c[5]
+            b2 = c[6] * oxf + c[7] * oyf + c[8]
+            hit = ((b0 >= 0) & (b1 >= 0) & (b2 >= 0)).nonzero().squeeze(1)
+            c, oxf, oyf = c.index_select(1, hit), oxf.take(hit), oyf.take(hit)
+            izv = c[9] * oxf + c[10] * oyf + c[11]
+            ti = ti.take(hit)
+            pix = base.take(ti) + (oy.take(hit) * W + ox.take(hit))
+            emit(izv, pix, fid.take(ti))
             lo = hi
 
     covered = zbuf != _INT64_MAX
