@@ -30,7 +30,7 @@ face has a *negative* signed area ``(u1-u0)(v2-v0) - (u2-u0)(v1-v0)`` in screen 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -61,6 +61,7 @@ class Fragments(NamedTuple):
         pix_face: (N,) int64 triangle index.
         pix_bary: (N, 3) barycentrics (same values as ``bary`` at those pixels).
         pix_dist: (N,) ``dist`` at those pixels.
+        pix_depth: (N,) ``depth`` at those pixels (None when not computed).
     image_size: (H, W).
     """
 
@@ -75,6 +76,7 @@ class Fragments(NamedTuple):
     pix_bary: torch.Tensor
     pix_dist: torch.Tensor
     image_size: Tuple[int, int]
+    pix_depth: Optional[torch.Tensor] = None
 
     @property
     def batch_index(self) -> torch.Tensor:
@@ -482,6 +484,7 @@ def _fragments_from_ids(
         pix_bary=bary,
         pix_dist=dist,
         image_size=(H, W),
+        pix_depth=depth,
     )
 
 

@@ -243,23 +243,27 @@ def sample_light_colors(
 # Phong
 
 
-def _phong_soa(P, Nrm, Kd, lp, li, amb, col, shin, c) -> torch.Tensor:
+def _phong_soa(P, Nrm, Kd, lp, li, amb, col, shin, c, view=None) -> torch.Tensor:
     """Phong shading, structure-of-arrays layout (rows contiguous, fast on CPU).
 
     Args:
         P: (3, N) camera-space points (mm); Nrm: (3, N) normals (normalised here);
         Kd: (3, N) albedo; lp: (L, 3, N) light positions; li: (L, N) intensities;
         amb: (N,) ambient; col: (3, N) light colour; shin, c: (N,) or 0-d Phong exponent and
-        specular strength (all trailing N dims may be 1 to broadcast).
+        specular strength (all trailing N dims may be 1 to broadcast); view: optional
+        (3, N) unit directions to the camera (default: -P / |P|).
     Returns:
         (3, N) radiance (not clamped).
     """
     nx, ny, nz = Nrm.unbind(0)
     inv = torch.rsqrt((nx * nx + ny * ny + nz * nz).clamp_min(1e-24))
     nx, ny, nz = nx * inv, ny * inv, nz * inv
-    px, py, pz = P.unbind(0)
-    vinv = torch.rsqrt((px * px + py * py + pz * pz).clamp_min(1e-24))
-    vx, vy, vz = -px * vinv, -py * vinv, -pz * vinv  # unit direction to the camera
+    if view is None:
+        px, py, pz = P.unbind(0)
+        vinv = torch.rsqrt((px * px + py * py + pz * pz).clamp_min(1e-24))
+        vx, vy, vz = -px * vinv, -py * vinv, -pz * vinv  # unit direction to the camera
+    else:
+        vx, vy, vz = view.unbind(0)
     ndv = nx * vx + ny * vy + nz * vz
     diffuse = 0.0
     spec = 0.0
