@@ -30,7 +30,7 @@ face has a *negative* signed area ``(u1-u0)(v2-v0) - (u2-u0)(v1-v0)`` in screen 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ __all__ = ["Fragments", "rasterize", "Rasterizer", "visibility_torch", "triangle
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
-class Fragments(NamedTuple):
+class Fragments:
     """Per-pixel rasterisation output (B images of H x W pixels).
 
     Dense fields:
@@ -61,22 +61,49 @@ class Fragments(NamedTuple):
         pix_face: (N,) int64 triangle index.
         pix_bary: (N, 3) barycentrics (same values as ``bary`` at those pixels).
         pix_dist: (N,) ``dist`` at those pixels.
-        pix_depth: (N,) ``depth`` at those pixels (None when not computed).
+        pix_depth: (N,) ``depth`` at those pixels.
     image_size: (H, W).
+
+    ``bary``, ``depth`` and ``dist`` are scattered from the packed fields when first read
+    (the renderer works on the packed pixels only).
     """
 
-    face_ids: torch.Tensor
-    bary: torch.Tensor
-    depth: torch.Tensor
-    mask: torch.Tensor
-    extended: torch.Tensor
-    dist: torch.Tensor
-    pix_index: torch.Tensor
-    pix_face: torch.Tensor
-    pix_bary: torch.Tensor
-    pix_dist: torch.Tensor
-    image_size: Tuple[int, int]
-    pix_depth: Optional[torch.Tensor] = None
+    __slots__ = (
+        "face_ids", "mask", "extended", "pix_index", "pix_face", "pix_bary", "pix_dist", "pix_depth",
+        "image_size", "_dense",
+    )
+
+    def __init__(self, face_ids, mask, extended, pix_index, pix_face, pix_bary, pix_dist, pix_depth, image_size):
+        self.face_ids = face_ids
+        self.mask = mask
+        self.extended = extended
+        self.pix_index = pix_index
+        self.pix_face = pix_face
+        self.pix_bary = pix_bary
+        self.pix_dist = pix_dist
+        self.pix_depth = pix_depth
+        self.image_size = tuple(image_size)
+        self._dense = {}
+
+    def _scatter(self, name: str, packed: torch.Tensor) -> torch.Tensor:
+        if name not in self._dense:
+            B, H, W = self.face_ids.shape
+            shape = (B * H * W,) + tuple(packed.shape[1:])
+            full = packed.new_zeros(shape).index_put((self.pix_index,), packed)
+            self._dense[name] = full.view(B, H, W, *packed.shape[1:])
+        return self._dense[name]
+
+    @property
+    def bary(self) -> torch.Tensor:
+        return self._scatter("bary", self.pix_bary)
+
+    @property
+    def depth(self) -> torch.Tensor:
+        return self._scatter("depth", self.pix_depth)
+
+    @property
+    def dist(self) -> torch.Tensor:
+        return self._scatter("dist", self.pix_dist)
 
     @property
     def batch_index(self) -> torch.Tensor:
@@ -404,9 +431,16 @@ def _extend_silhouette(
         (B, H, W) int64 face ids including the extended pixels.
     """
     B, H, W = face_ids.shape
-    cov = (face_ids >= 0).unsqueeze(1).to(screen_verts.dtype)
-    near = torch.nn.functional.max_pool2d(cov, 3, stride=1, padding=1).squeeze(1) > 0
-    cand_pix = (near & (face_ids < 0)).reshape(-1).nonzero().squeeze(1)  # (M,)
+    # background pixels with a covered pixel among their 8 neighbours (3 x 3 dilation of
+    # the coverage, separable: rows then columns, on booleans)
+    cov = face_ids >= 0
+    near = cov.clone()
+    near[:, :, 1:] |= cov[:, :, :-1]
+    near[:, :, :-1] |= cov[:, :, 1:]
+    rows = near.clone()
+    near[:, 1:] |= rows[:, :-1]
+    near[:, :-1] |= rows[:, 1:]
+    cand_pix = (near & ~cov).reshape(-1).nonzero().squeeze(1)  # (M,)
     if cand_pix.numel() == 0:
         return face_ids
     padded = torch.nn.functional.pad(face_ids, (1, 1, 1, 1), value=-1).reshape(-1)
@@ -467,24 +501,16 @@ def _fragments_from_ids(
         sel = lambda xs: [x.index_select(0, ext_p) for x in xs]  # noqa: E731
         sub = _outside_distance(sel(u), sel(v), *sel([e0, e1, e2, a2, pu, pv]))
         dist = dist.index_put((ext_p,), sub)
-    n = B * H * W
-    dev = flat.device
-    bary_d = torch.zeros(n, 3, dtype=dt, device=dev).index_put((pix_index,), bary)
-    depth_d = torch.zeros(n, dtype=dt, device=dev).index_put((pix_index,), depth)
-    dist_d = torch.zeros(n, dtype=dt, device=dev).index_put((pix_index,), dist)
     return Fragments(
         face_ids=face_ids,
-        bary=bary_d.view(B, H, W, 3),
-        depth=depth_d.view(B, H, W),
         mask=covered,
         extended=extended.view(B, H, W),
-        dist=dist_d.view(B, H, W),
         pix_index=pix_index,
         pix_face=pix_face,
         pix_bary=bary,
         pix_dist=dist,
-        image_size=(H, W),
         pix_depth=depth,
+        image_size=(H, W),
     )
 
 
