@@ -20,7 +20,7 @@ from facefit.render.interpolate import _faces_around, _interpolate_soa, _vertex_
 from facefit.render.rasterize import Fragments, rasterize
 from facefit.render.shading import (
     Lights,
-    _phong_soa,
+    _phong_fast,
     frontal_lights,
     sample_light_colors,
     sample_lights,
@@ -258,7 +258,7 @@ def render(
         x = torch.as_tensor(x, dtype=dt, device=dev)
         return x.index_select(0, bidx) if x.dim() >= 1 else x
 
-    shaded = _phong_soa(
+    shaded = _phong_fast(
         pos,
         nrm,
         kd,
@@ -268,7 +268,7 @@ def render(
         _per_pixel_rows(light_color.to(device=dev, dtype=dt), bidx),  # (3, N)
         per_pixel(shininess),
         per_pixel(specular),
-        view=view,
+        view,
     ).clamp(0.0, 1.0)  # (3, N)
 
     ext = frags.extended.reshape(-1).index_select(0, frags.pix_index)
