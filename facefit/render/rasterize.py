@@ -34,6 +34,7 @@ from typing import Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from facefit.errors import FacefitError
 
@@ -473,6 +474,75 @@ def _extend_silhouette(
     return out.view(B, H, W)
 
 
+def _bary_forward(g: torch.Tensor, pu: torch.Tensor, pv: torch.Tensor):
+    """Perspective-correct barycentrics and depth of the points (pu, pv) (N,) in the
+    triangles g (3, 3, N) (component, corner, pixel); returns the intermediates too."""
+    u, v, z = g.unbind(0)
+    du, dv = u - pu, v - pv  # (3, N)
+    e0 = du[1] * dv[2] - du[2] * dv[1]
+    e1 = du[2] * dv[0] - du[0] * dv[2]
+    e2 = du[0] * dv[1] - du[1] * dv[0]
+    # perspective correction: attributes are affine in 3D, so weights ~ b_k / z_k
+    inv_a = 1.0 / (e0 + e1 + e2)
+    w = du.new_empty(du.shape)  # (3, N)
+    for k, e in enumerate((e0, e1, e2)):
+        torch.mul(e, inv_a, out=w[k]).div_(z[k])
+    depth = 1.0 / (w[0] + w[1] + w[2])
+    bary = w * depth
+    return bary, depth, (du, dv, z, inv_a, w)
+
+
+class _BaryFused(torch.autograd.Function):
+    """Gather of the triangle corners + :func:`_bary_forward`, with a hand-written backward
+    (far fewer passes over the pixels than autograd's graph of the same formula)."""
+
+    @staticmethod
+    def forward(ctx, soa, vid, pu, pv):
+        g = soa.index_select(1, vid).view(3, 3, -1)
+        bary, depth, inter = _bary_forward(g, pu, pv)
+        ctx.save_for_backward(vid, bary, depth, *inter)
+        ctx.m = soa.shape[1]
+        return bary, depth
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gb, gd):
+        vid, bary, depth, du, dv, z, inv_a, w = ctx.saved_tensors
+        if gb is None:
+            gb = torch.zeros_like(bary)
+        if gd is None:
+            gd = torch.zeros_like(depth)
+        # bary_k = w_k * depth, depth = 1 / sum(w)
+        t = gd * depth + (gb * bary).sum(0)
+        g_w = (gb - t) * depth  # (3, N)
+        # w_k = e_k * inv_a / z_k, inv_a = 1 / sum(e)
+        g_wz = g_w / z
+        g_e = g_wz * inv_a - inv_a * (g_w * w).sum(0)
+        ge0, ge1, ge2 = g_e.unbind(0)
+        # e0 = du1 dv2 - du2 dv1, e1 = du2 dv0 - du0 dv2, e2 = du0 dv1 - du1 dv0;
+        # written straight into the (component, corner, pixel) gradient
+        grad = g_w.new_empty(3, 3, g_w.shape[1])
+        for k, (ga, a, gb_, b) in enumerate(((ge2, 1, ge1, 2), (ge0, 2, ge2, 0), (ge1, 0, ge0, 1))):
+            torch.mul(ga, dv[a], out=grad[0, k]).sub_(gb_ * dv[b])  # d/du_k
+            torch.mul(gb_, du[b], out=grad[1, k]).sub_(ga * du[a])  # d/dv_k
+        torch.mul(g_wz, w, out=grad[2]).neg_()
+        grad = grad.view(3, -1)
+        gsoa = grad.new_zeros(3, ctx.m).index_add_(1, vid, grad)
+        return gsoa, None, None, None
+
+
+def _bary_depth(screen_verts: torch.Tensor, faces: torch.Tensor, b, f, pu, pv):
+    """(3, N) perspective-correct barycentrics and (N,) depth of the pixel centres (pu, pv)
+    in triangles ``f`` of images ``b``; differentiable w.r.t. ``screen_verts``."""
+    B, V, _ = screen_verts.shape
+    vid = (faces.t().contiguous().index_select(1, f) + b * V).reshape(-1)  # (3N,) corner-major
+    soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
+    if torch.is_grad_enabled() and soa.requires_grad:
+        return _BaryFused.apply(soa, vid, pu, pv)
+    bary, depth, _ = _bary_forward(soa.index_select(1, vid).view(3, 3, -1), pu, pv)
+    return bary, depth
+
+
 def _fragments_from_ids(
     screen_verts: torch.Tensor,
     faces: torch.Tensor,
@@ -486,21 +556,17 @@ def _fragments_from_ids(
     pix_index = (flat >= 0).nonzero().squeeze(1)
     pix_face = flat.index_select(0, pix_index)
     b, pu, pv = _pixel_centres(pix_index, H, W, dt)
-    u, v, z = _gather_corners(screen_verts, faces, b, pix_face)  # differentiable, (N,) each
-    e0, e1, e2, a2 = _edge_functions(u, v, pu, pv)
-    # perspective correction: attributes are affine in 3D, so weights ~ b_k / z_k
-    inv_a = 1.0 / a2
-    w0, w1, w2 = e0 * inv_a / z[0], e1 * inv_a / z[1], e2 * inv_a / z[2]
-    depth = 1.0 / (w0 + w1 + w2)
-    bary_t = torch.stack([w0 * depth, w1 * depth, w2 * depth], 0)  # (3, N)
+    bary_t, depth = _bary_depth(screen_verts, faces, b, pix_face, pu, pv)  # (3, N), (N,)
     bary = bary_t.t()  # (N, 3) view; interpolation uses the contiguous rows of bary_t
     extended = (flat >= 0) & ~covered.reshape(-1)
     ext_p = extended.index_select(0, pix_index).nonzero().squeeze(1)
     dist = torch.zeros_like(depth)
     if ext_p.numel() > 0:
-        sel = lambda xs: [x.index_select(0, ext_p) for x in xs]  # noqa: E731
-        sub = _outside_distance(sel(u), sel(v), *sel([e0, e1, e2, a2, pu, pv]))
-        dist = dist.index_put((ext_p,), sub)
+        sel = lambda x: x.index_select(0, ext_p)  # noqa: E731
+        pue, pve = sel(pu), sel(pv)
+        u, v, _ = _gather_corners(screen_verts, faces, sel(b), sel(pix_face))  # differentiable
+        e0, e1, e2, a2 = _edge_functions(u, v, pue, pve)
+        dist = dist.index_put((ext_p,), _outside_distance(u, v, e0, e1, e2, a2, pue, pve))
     return Fragments(
         face_ids=face_ids,
         mask=covered,
