@@ -484,9 +484,12 @@ def _bary_forward(g: torch.Tensor, pu: torch.Tensor, pv: torch.Tensor):
     e2 = du[0] * dv[1] - du[1] * dv[0]
     # perspective correction: attributes are affine in 3D, so weights ~ b_k / z_k
     inv_a = 1.0 / (e0 + e1 + e2)
-    w = du.new_empty(du.shape)  # (3, N)
-    for k, e in enumerate((e0, e1, e2)):
-        torch.mul(e, inv_a, out=w[k]).div_(z[k])
+    if torch.is_grad_enabled() and g.requires_grad:  # (autograd: tests)
+        w = torch.stack([e0 * inv_a / z[0], e1 * inv_a / z[1], e2 * inv_a / z[2]], 0)
+    else:
+        w = du.new_empty(du.shape)  # (3, N)
+        for k, e in enumerate((e0, e1, e2)):
+            torch.mul(e, inv_a, out=w[k]).div_(z[k])
     depth = 1.0 / (w[0] + w[1] + w[2])
     bary = w * depth
     return bary, depth, (du, dv, z, inv_a, w)
