@@ -121,7 +121,7 @@ def main() -> None:
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             tr.train_step(cfg.stage1_total + 100)
-        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=int(os.environ.get("PROF_ROWS", "30"))), file=sys.stderr)
+        print(prof.key_averages().table(sort_by=os.environ.get("PROF_SORT", "cpu_time_total"), row_limit=int(os.environ.get("PROF_ROWS", "30"))), file=sys.stderr)
     print(json.dumps(result, indent=2))
     tr.close()
     tmp.cleanup()

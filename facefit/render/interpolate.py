@@ -23,9 +23,13 @@ def _corner_index(faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
 def _interpolate_soa(attrs_soa: torch.Tensor, faces: torch.Tensor, fragments: Fragments, V: int) -> torch.Tensor:
     """(C, B*V) or (C, V) (with ``V`` = its vertex count, shared) -> (C, N) at packed pixels."""
     faces = faces.to(device=attrs_soa.device, dtype=torch.int64)
-    vid = faces.t().contiguous().index_select(1, fragments.pix_face)  # (3, N)
-    if attrs_soa.shape[1] != V:  # batched
-        vid = vid + fragments.batch_index * V
+    batched = attrs_soa.shape[1] != V
+    if batched and fragments.pix_verts is not None and fragments.pix_verts.device == attrs_soa.device:
+        vid = fragments.pix_verts  # (3, N), image * V + vertex
+    else:
+        vid = faces.t().contiguous().index_select(1, fragments.pix_face)  # (3, N)
+        if batched:
+            vid = vid + fragments.batch_index * V
     C, N = attrs_soa.shape[0], vid.shape[1]
     # explicit C (not -1): N == 0 (nothing covered) must give (C, 0), not a reshape error
     v0, v1, v2 = attrs_soa.index_select(1, vid.reshape(-1)).view(C, 3, N).unbind(1)

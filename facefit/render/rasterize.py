@@ -63,6 +63,7 @@ class Fragments:
         pix_bary: (N, 3) barycentrics (same values as ``bary`` at those pixels).
         pix_dist: (N,) ``dist`` at those pixels.
         pix_depth: (N,) ``depth`` at those pixels.
+        pix_verts: (3, N) int64 corners of ``pix_face`` as flat indices image * V + vertex.
     image_size: (H, W).
 
     ``bary``, ``depth`` and ``dist`` are scattered from the packed fields when first read
@@ -71,10 +72,11 @@ class Fragments:
 
     __slots__ = (
         "face_ids", "mask", "extended", "pix_index", "pix_face", "pix_bary", "pix_dist", "pix_depth",
-        "image_size", "_dense",
+        "image_size", "pix_verts", "_dense",
     )
 
-    def __init__(self, face_ids, mask, extended, pix_index, pix_face, pix_bary, pix_dist, pix_depth, image_size):
+    def __init__(self, face_ids, mask, extended, pix_index, pix_face, pix_bary, pix_dist, pix_depth, image_size,
+                 pix_verts=None):
         self.face_ids = face_ids
         self.mask = mask
         self.extended = extended
@@ -84,6 +86,7 @@ class Fragments:
         self.pix_dist = pix_dist
         self.pix_depth = pix_depth
         self.image_size = tuple(image_size)
+        self.pix_verts = pix_verts
         self._dense = {}
 
     def _scatter(self, name: str, packed: torch.Tensor) -> torch.Tensor:
@@ -176,6 +179,7 @@ def visibility_torch(
     near: float = 1e-3,
     small_box: int = 4,
     chunk_candidates: int = 1 << 22,
+    _soa: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Nearest visible triangle per pixel centre (no gradients).
 
@@ -188,6 +192,7 @@ def visibility_torch(
             ones through a generic (chunked) enumeration.
         chunk_candidates: bound on (pixel, triangle) pairs evaluated at once for large
             triangles (memory).
+        _soa: the (3, B*V) transposed ``screen_verts`` when the caller has it.
     Returns:
         face_ids: (B, H, W) int64, -1 = background.
     """
@@ -199,15 +204,14 @@ def visibility_torch(
     if F == 0 or B == 0 or V == 0:
         return empty
     faces = faces.to(device=device, dtype=torch.int64)
-    sv = screen_verts.detach()
-    if not bool(torch.isfinite(sv).all()):
+    comp = (screen_verts.reshape(B * V, 3).t().contiguous() if _soa is None else _soa).detach()  # (3, B*V)
+    if not bool(torch.isfinite(comp).all()):
         # NaN fails every comparison below, so triangles touching such vertices are dropped
-        sv = torch.where(torch.isfinite(sv), sv, torch.full_like(sv, float("nan")))
+        comp = torch.where(torch.isfinite(comp), comp, torch.full_like(comp, float("nan")))
     sb = max(0, min(int(small_box), 15))
 
     # Structure-of-arrays gather: u[k, i] = u of corner k of triangle i (i runs over B * F),
     # every row contiguous (fast elementwise math); torch.take is the fastest CPU gather.
-    comp = sv.reshape(B * V, 3).t().contiguous()  # (3, B*V)
     vidx = (faces.t().contiguous().unsqueeze(1) + (torch.arange(B, device=device) * V).view(1, B, 1)).view(3, B * F)
     u, v, z = (comp[c].take(vidx) for c in range(3))  # (3, B*F) each
     area2 = (u[1] - u[0]) * (v[2] - v[0]) - (u[2] - u[0]) * (v[1] - v[0])
@@ -349,7 +353,7 @@ def visibility_torch(
 # corner k, so every quantity below is a contiguous array (fast on CPU, no tiny last dims).
 
 
-def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Tensor, f: torch.Tensor):
+def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Tensor, f: torch.Tensor, soa=None):
     """Screen-space corners of triangles ``f`` of images ``b``.
 
     Args:
@@ -362,7 +366,8 @@ def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Te
     shape = f.shape
     f, b = f.reshape(-1), b.reshape(-1)
     vid = faces.t().contiguous().index_select(1, f) + b * V  # (3, N), corner-major
-    soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
+    if soa is None:
+        soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
     # index_select (backward: index_add) is much faster on CPU than advanced indexing
     g = soa.index_select(1, vid.reshape(-1)).view(3, 3, *shape)
     return tuple(c.unbind(0) for c in g.unbind(0))
@@ -422,7 +427,7 @@ MAX_EXTENDED_BARY = 8.0
 
 @torch.no_grad()
 def _extend_silhouette(
-    screen_verts: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor
+    screen_verts: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor, soa=None
 ) -> torch.Tensor:
     """Assign the nearest neighbouring triangle to background pixels next to covered ones.
 
@@ -454,7 +459,7 @@ def _extend_silhouette(
         device=face_ids.device,
     )
     cands = padded[centre.unsqueeze(1) + offs]  # (M, 8)
-    u, v, z = _gather_corners(screen_verts, faces, b.unsqueeze(1).expand_as(cands), cands.clamp_min(0))
+    u, v, z = _gather_corners(screen_verts, faces, b.unsqueeze(1).expand_as(cands), cands.clamp_min(0), soa)
     pu8, pv8 = pu.unsqueeze(1).expand_as(cands), pv.unsqueeze(1).expand_as(cands)
     e0, e1, e2, a2 = _edge_functions(u, v, pu8, pv8)
     d = _outside_distance(u, v, e0, e1, e2, a2, pu8, pv8)
@@ -534,12 +539,10 @@ class _BaryFused(torch.autograd.Function):
         return gsoa, None, None, None
 
 
-def _bary_depth(screen_verts: torch.Tensor, faces: torch.Tensor, b, f, pu, pv):
+def _bary_depth(soa: torch.Tensor, vid: torch.Tensor, pu, pv):
     """(3, N) perspective-correct barycentrics and (N,) depth of the pixel centres (pu, pv)
-    in triangles ``f`` of images ``b``; differentiable w.r.t. ``screen_verts``."""
-    B, V, _ = screen_verts.shape
-    vid = (faces.t().contiguous().index_select(1, f) + b * V).reshape(-1)  # (3N,) corner-major
-    soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
+    in the triangles of corners ``vid`` (3N,) (corner-major indices into the (3, B*V)
+    screen vertices ``soa``); differentiable w.r.t. ``soa``."""
     if torch.is_grad_enabled() and soa.requires_grad:
         return _BaryFused.apply(soa, vid, pu, pv)
     bary, depth, _ = _bary_forward(soa.index_select(1, vid).view(3, 3, -1), pu, pv)
@@ -551,15 +554,21 @@ def _fragments_from_ids(
     faces: torch.Tensor,
     face_ids: torch.Tensor,
     covered: torch.Tensor,
+    soa: torch.Tensor | None = None,
 ) -> Fragments:
     """Differentiable barycentrics / depth / distance for every pixel with a triangle."""
     B, H, W = face_ids.shape
+    V = screen_verts.shape[1]
     dt = screen_verts.dtype
+    if soa is None:
+        soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
     flat = face_ids.reshape(-1)
     pix_index = (flat >= 0).nonzero().squeeze(1)
     pix_face = flat.index_select(0, pix_index)
     b, pu, pv = _pixel_centres(pix_index, H, W, dt)
-    bary_t, depth = _bary_depth(screen_verts, faces, b, pix_face, pu, pv)  # (3, N), (N,)
+    # (3, N) flat vertex indices (image * V + vertex) of the pixels' triangle corners
+    pix_verts = torch.stack([faces[:, k].take(pix_face) for k in range(3)], 0).add_(b * V)
+    bary_t, depth = _bary_depth(soa, pix_verts.view(-1), pu, pv)  # (3, N), (N,)
     bary = bary_t.t()  # (N, 3) view; interpolation uses the contiguous rows of bary_t
     extended = (flat >= 0) & ~covered.reshape(-1)
     ext_p = extended.index_select(0, pix_index).nonzero().squeeze(1)
@@ -567,7 +576,7 @@ def _fragments_from_ids(
     if ext_p.numel() > 0:
         sel = lambda x: x.index_select(0, ext_p)  # noqa: E731
         pue, pve = sel(pu), sel(pv)
-        u, v, _ = _gather_corners(screen_verts, faces, sel(b), sel(pix_face))  # differentiable
+        u, v, _ = _gather_corners(screen_verts, faces, sel(b), sel(pix_face), soa)  # differentiable
         e0, e1, e2, a2 = _edge_functions(u, v, pue, pve)
         dist = dist.index_put((ext_p,), _outside_distance(u, v, e0, e1, e2, a2, pue, pve))
     return Fragments(
@@ -580,6 +589,7 @@ def _fragments_from_ids(
         pix_dist=dist,
         pix_depth=depth,
         image_size=(H, W),
+        pix_verts=pix_verts,
     )
 
 
@@ -629,6 +639,8 @@ def rasterize(
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= screen_verts.shape[1]):
         raise FacefitError("faces reference vertices outside screen_verts")
     which = _resolve_backend(backend, screen_verts)
+    B, V, _ = screen_verts.shape
+    soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V), shared by all passes
     if which == "pytorch3d":
         from facefit.render import pytorch3d_backend
 
@@ -636,11 +648,13 @@ def rasterize(
             screen_verts, faces, (H, W), cull_backfaces=cull_backfaces, near=near
         )
     else:
-        face_ids = visibility_torch(screen_verts, faces, (H, W), cull_backfaces=cull_backfaces, near=near)
+        face_ids = visibility_torch(
+            screen_verts, faces, (H, W), cull_backfaces=cull_backfaces, near=near, _soa=soa.detach()
+        )
     covered = face_ids >= 0
     if extend_outside:
-        face_ids = _extend_silhouette(screen_verts.detach(), faces, face_ids)
-    return _fragments_from_ids(screen_verts, faces, face_ids, covered)
+        face_ids = _extend_silhouette(screen_verts.detach(), faces, face_ids, soa.detach())
+    return _fragments_from_ids(screen_verts, faces, face_ids, covered, soa)
 
 
 class Rasterizer(nn.Module):
