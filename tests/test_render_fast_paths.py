@@ -299,3 +299,26 @@ def test_vertex_normals_from_the_faces_around_drawn_triangles():
     used = (faces[drawn % F] + off.unsqueeze(1)).reshape(-1)
     assert torch.equal(part[:, used], full[:, used])
     assert subset.numel() < B * F
+
+
+def test_topology_cache_follows_the_faces_tensor():
+    from facefit.render.rasterize import corner_index, faces_soa
+
+    v, faces = _head_like()
+    faces = faces.clone()
+    V = v.shape[0]
+
+    def plain(fc, B):
+        return (fc.t().unsqueeze(1) + (torch.arange(B) * V).view(1, B, 1)).reshape(3, -1)
+
+    assert torch.equal(corner_index(faces, 2, V), plain(faces, 2))
+    assert corner_index(faces, 2, V) is corner_index(faces, 2, V)  # cached
+    assert torch.equal(corner_index(faces, 3, V), plain(faces, 3))  # per batch size
+    cam = Camera((30, 34), 180.0)
+    s = cam.project(world_to_camera(v[None], torch.eye(3, dtype=v.dtype)[None], torch.tensor([[0.0, 0.0, 600.0]], dtype=v.dtype)))
+    before = rasterize(s, faces, (30, 34)).face_ids
+    faces[:, [1, 2]] = faces[:, [2, 1]].clone()  # in place: every face flipped
+    assert torch.equal(faces_soa(faces), faces.t()) and torch.equal(corner_index(faces, 2, V), plain(faces, 2))
+    after = rasterize(s, faces, (30, 34)).face_ids
+    assert torch.equal(after, rasterize(s, faces.clone(), (30, 34)).face_ids)
+    assert not torch.equal(after, before)

@@ -9,15 +9,14 @@ from __future__ import annotations
 import torch
 
 from facefit.errors import FacefitError
-from facefit.render.rasterize import Fragments
+from facefit.render.rasterize import Fragments, corner_index, faces_soa
 
 __all__ = ["interpolate", "interpolate_packed", "vertex_normals", "face_normals"]
 
 
 def _corner_index(faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
     """(3, B*F) int64 flat vertex indices into B*V, corner-major: [k, b*F + f]."""
-    off = torch.arange(B, device=faces.device) * V
-    return (faces.t().contiguous().unsqueeze(1) + off.view(1, B, 1)).reshape(3, -1)
+    return corner_index(faces, B, V)
 
 
 def _interpolate_soa(attrs_soa: torch.Tensor, faces: torch.Tensor, fragments: Fragments, V: int) -> torch.Tensor:
@@ -27,7 +26,7 @@ def _interpolate_soa(attrs_soa: torch.Tensor, faces: torch.Tensor, fragments: Fr
     if batched and fragments.pix_verts is not None and fragments.pix_verts.device == attrs_soa.device:
         vid = fragments.pix_verts  # (3, N), image * V + vertex
     else:
-        vid = faces.t().contiguous().index_select(1, fragments.pix_face)  # (3, N)
+        vid = faces_soa(faces).index_select(1, fragments.pix_face)  # (3, N)
         if batched:
             vid = vid + fragments.batch_index * V
     C, N = attrs_soa.shape[0], vid.shape[1]

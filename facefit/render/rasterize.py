@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple, Union
 
+import weakref
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -167,6 +169,42 @@ def _grid_offsets(nx: int, ny: int, device) -> Tuple[torch.Tensor, torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------
+# per-topology index tensors, kept while the same (unmodified) faces tensor is used
+
+_TOPOLOGY_CACHE: dict = {}
+
+
+def _topology(faces: torch.Tensor, key, make):
+    """``make()`` for this faces tensor object (same object, same in-place version), cached."""
+    k = (id(faces), key)
+    hit = _TOPOLOGY_CACHE.get(k)
+    if hit is not None and hit[0]() is faces and hit[1] == faces._version:
+        return hit[2]
+    value = make()
+    if len(_TOPOLOGY_CACHE) >= 16:  # drop the oldest entries (and those of dead tensors)
+        for old in list(_TOPOLOGY_CACHE)[:8]:
+            del _TOPOLOGY_CACHE[old]
+    _TOPOLOGY_CACHE[k] = (weakref.ref(faces), faces._version, value)
+    return value
+
+
+def faces_soa(faces: torch.Tensor) -> torch.Tensor:
+    """(3, F) contiguous ``faces.t()`` (cached per faces tensor)."""
+    return _topology(faces, "soa", lambda: faces.t().contiguous())
+
+
+def corner_index(faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
+    """(3, B*F) int64 flat vertex indices into B*V, corner-major: [k, b*F + f] (cached)."""
+
+    def make():
+        off = torch.arange(B, device=faces.device) * V
+        return (faces_soa(faces).unsqueeze(1) + off.view(1, B, 1)).reshape(3, -1)
+
+    return _topology(faces, ("corners", B, V), make)
+
+
+
+# --------------------------------------------------------------------------------------
 # visibility pass, pure PyTorch
 
 
@@ -212,7 +250,7 @@ def visibility_torch(
 
     # Structure-of-arrays gather: u[k, i] = u of corner k of triangle i (i runs over B * F),
     # every row contiguous (fast elementwise math); torch.take is the fastest CPU gather.
-    vidx = (faces.t().contiguous().unsqueeze(1) + (torch.arange(B, device=device) * V).view(1, B, 1)).view(3, B * F)
+    vidx = corner_index(faces, B, V)  # (3, B*F)
     u, v, z = (comp[c].take(vidx) for c in range(3))  # (3, B*F) each
     area2 = (u[1] - u[0]) * (v[2] - v[0]) - (u[2] - u[0]) * (v[1] - v[0])
     # pixel j is a candidate when its centre j + 0.5 lies in [min, max]
@@ -365,7 +403,7 @@ def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Te
     B, V, _ = screen_verts.shape
     shape = f.shape
     f, b = f.reshape(-1), b.reshape(-1)
-    vid = faces.t().contiguous().index_select(1, f) + b * V  # (3, N), corner-major
+    vid = faces_soa(faces).index_select(1, f) + b * V  # (3, N), corner-major
     if soa is None:
         soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
     # index_select (backward: index_add) is much faster on CPU than advanced indexing
@@ -567,7 +605,7 @@ def _fragments_from_ids(
     pix_face = flat.index_select(0, pix_index)
     b, pu, pv = _pixel_centres(pix_index, H, W, dt)
     # (3, N) flat vertex indices (image * V + vertex) of the pixels' triangle corners
-    pix_verts = torch.stack([faces[:, k].take(pix_face) for k in range(3)], 0).add_(b * V)
+    pix_verts = faces_soa(faces).index_select(1, pix_face).add_(b * V)
     bary_t, depth = _bary_depth(soa, pix_verts.view(-1), pu, pv)  # (3, N), (N,)
     bary = bary_t.t()  # (N, 3) view; interpolation uses the contiguous rows of bary_t
     extended = (flat >= 0) & ~covered.reshape(-1)
