@@ -244,10 +244,12 @@ def test_visibility_every_box_grouping_matches_brute_force(cull):
     scale = torch.rand(B, F, 1, 1, generator=g, dtype=torch.float64) ** 2 * 7.0 + 0.2
     uv = centre + scale * (torch.rand(B, F, 3, 2, generator=g, dtype=torch.float64) - 0.5) * 2
     z = 100 + 50 * torch.rand(B, F, 3, 1, generator=g, dtype=torch.float64)
+    z[:, :15, 0] = -5.0  # some triangles cross the near plane (skipped)
+    z[:, 15:20, 1] = 0.0
     screen = torch.cat([uv, z], -1).reshape(B, 3 * F, 3)
     faces = torch.arange(3 * F).view(F, 3)
     ref = _brute_force_ids(screen, faces, H, W, cull)
-    assert (ref >= 0).sum() > 200
+    assert (ref >= 0).sum() > 150
     for sb in (0, 1, 3, 4, 8, 15):
         ids = visibility_torch(screen, faces, (H, W), cull_backfaces=cull, small_box=sb, chunk_candidates=97)
         assert torch.equal(ids, ref), sb

@@ -251,7 +251,7 @@ def visibility_torch(
     # Structure-of-arrays gather: u[k, i] = u of corner k of triangle i (i runs over B * F),
     # every row contiguous (fast elementwise math); torch.take is the fastest CPU gather.
     vidx = corner_index(faces, B, V)  # (3, B*F)
-    u, v, z = (comp[c].take(vidx) for c in range(3))  # (3, B*F) each
+    u, v = (comp[c].take(vidx) for c in range(2))  # (3, B*F) each
     area2 = (u[1] - u[0]) * (v[2] - v[0]) - (u[2] - u[0]) * (v[1] - v[0])
     # pixel j is a candidate when its centre j + 0.5 lies in [min, max]
     # (clamped on both sides so that far off-screen coordinates cannot overflow int64)
@@ -259,12 +259,17 @@ def visibility_torch(
     x1 = torch.floor(torch.maximum(torch.maximum(u[0], u[1]), u[2]) - 0.5).clamp_(-1, W - 1)
     y0 = torch.ceil(torch.minimum(torch.minimum(v[0], v[1]), v[2]) - 0.5).clamp_(0, H)
     y1 = torch.floor(torch.maximum(torch.maximum(v[0], v[1]), v[2]) - 0.5).clamp_(-1, H - 1)
-    # drawable: in front of the near plane, not degenerate (front-facing if culling) and
-    # with at least one pixel centre in its box; everything below works on these only
-    keep = (z[0] > near) & (z[1] > near) & (z[2] > near)
-    keep &= (area2 < -1e-12) if cull_backfaces else (area2.abs() > 1e-12)
+    # drawable: not degenerate (front-facing if culling), with at least one pixel centre in
+    # its box and in front of the near plane (depths gathered for the others only);
+    # everything below works on these only
+    keep = (area2 < -1e-12) if cull_backfaces else (area2.abs() > 1e-12)
     keep &= (x1 >= x0) & (y1 >= y0)
     tri_idx = keep.nonzero().squeeze(1)
+    z = comp[2].take(vidx.index_select(1, tri_idx))  # (3, T)
+    front = (z[0] > near) & (z[1] > near) & (z[2] > near)
+    if not bool(front.all()):
+        sel = front.nonzero().squeeze(1)
+        tri_idx, z = tri_idx.take(sel), z.index_select(1, sel)
     if tri_idx.numel() == 0:
         return empty
     x0, x1, y0, y1 = (x.take(tri_idx) for x in (x0, x1, y0, y1))
@@ -281,7 +286,8 @@ def visibility_torch(
     tri_idx = tri_idx.take(order)
     x0, y0, nx, ny = (x.take(order) for x in (x0, y0, nx, ny))
     area2 = area2.take(tri_idx)
-    u0, u1, u2, v0, v1, v2, z0, z1, z2 = (c.take(tri_idx) for c in (*u, *v, *z))
+    u0, u1, u2, v0, v1, v2 = (c.take(tri_idx) for c in (*u, *v))
+    z0, z1, z2 = (c.take(order) for c in z)
 
     # Barycentrics as affine functions of integer pixel offsets (ox, oy) from the box
     # origin's pixel centre: b_i = A_i * ox + B_i * oy + C_i (origin-relative = precise).

@@ -285,7 +285,9 @@ def render(
     idx = (base.unsqueeze(0) + (torch.arange(3, device=dev) * HW).unsqueeze(1)).reshape(-1)  # (3N,)
     bg_p = bg.index_select(0, idx).view(3, -1)
     comp = alpha_p * shaded + (1.0 - alpha_p) * bg_p
-    images = bg.index_put((idx,), comp.reshape(-1)).view(B, 3, H, W)
+    # _background returns a new tensor: write into it unless autograd needs it unchanged
+    put = bg.index_put if bg.requires_grad else bg.index_put_
+    images = put((idx,), comp.reshape(-1)).view(B, 3, H, W)
     alpha = verts.new_zeros(B * HW).index_put((frags.pix_index,), alpha_p).view(B, 1, H, W)
     return RenderOutput(
         images=images,
