@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from facefit.faces.alignment import CROPS, align_rendered, crop_transform_from_landmarks68
 from facefit.render import Camera, Lights, RenderParams, euler_to_matrix, random_render_params, render
 from facefit.render.camera import world_to_camera
+from facefit.render.rasterize import _topology
 
 __all__ = [
     "SyntheticSettings",
@@ -344,7 +345,9 @@ def close_holes(
     new_v = torch.cat([verts] + parts, 1)
     fc = torch.as_tensor(fill.colors, device=dev, dtype=colors.dtype).unsqueeze(0).expand(verts.shape[0], -1, -1)
     new_c = torch.cat([colors, fc], 1)
-    new_f = torch.cat([faces, torch.as_tensor(fill.triangles, device=dev)], 0)
+    # the same closed topology every call (one tensor object per faces tensor, so that the
+    # renderer's per-topology index caches are reused)
+    new_f = _topology(faces, ("closed", id(fill)), lambda: torch.cat([faces, torch.as_tensor(fill.triangles, device=dev)], 0))
     return new_v, new_c, new_f
 
 

@@ -255,3 +255,33 @@ def test_matches_dlib_on_real_faces(net):
     same = np.equal.outer(people, people)
     off = ~np.eye(len(people), dtype=bool)
     assert dist[same & off].mean() < 0.5 < dist[~same].mean()
+
+
+def test_channels_last_stem_pool_equals_nchw_pool():
+    """features() max-pools the stem channels-last on the CPU (faster): the same numbers and
+    gradients as the plain NCHW pool."""
+    import torch.nn.functional as F
+
+    from facefit.recognition.dlib_resnet import DlibResNet, dlib_input_normalize
+
+    torch.manual_seed(0)
+    net = DlibResNet(weights=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.05)
+    x0 = torch.rand(3, 3, 150, 150)
+
+    def plain(images):
+        x = dlib_input_normalize(images, net.input_mean)
+        x = F.max_pool2d(F.relu(net.stem(x)), 3, 2)
+        for block in net.blocks:
+            x = block(x)
+        return x.mean(dim=(2, 3))
+
+    xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    ya, yb = net.features(xa), plain(xb)
+    assert torch.equal(ya, yb)
+    w = torch.randn_like(ya)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    assert torch.equal(xa.grad, xb.grad)

@@ -9,23 +9,26 @@ from __future__ import annotations
 import torch
 
 from facefit.errors import FacefitError
-from facefit.render.rasterize import Fragments
+from facefit.render.rasterize import Fragments, corner_index, faces_soa
 
 __all__ = ["interpolate", "interpolate_packed", "vertex_normals", "face_normals"]
 
 
 def _corner_index(faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
     """(3, B*F) int64 flat vertex indices into B*V, corner-major: [k, b*F + f]."""
-    off = torch.arange(B, device=faces.device) * V
-    return (faces.t().contiguous().unsqueeze(1) + off.view(1, B, 1)).reshape(3, -1)
+    return corner_index(faces, B, V)
 
 
 def _interpolate_soa(attrs_soa: torch.Tensor, faces: torch.Tensor, fragments: Fragments, V: int) -> torch.Tensor:
     """(C, B*V) or (C, V) (with ``V`` = its vertex count, shared) -> (C, N) at packed pixels."""
     faces = faces.to(device=attrs_soa.device, dtype=torch.int64)
-    vid = faces.t().contiguous().index_select(1, fragments.pix_face)  # (3, N)
-    if attrs_soa.shape[1] != V:  # batched
-        vid = vid + fragments.batch_index * V
+    batched = attrs_soa.shape[1] != V
+    if batched and fragments.pix_verts is not None and fragments.pix_verts.device == attrs_soa.device:
+        vid = fragments.pix_verts  # (3, N), image * V + vertex
+    else:
+        vid = faces_soa(faces).index_select(1, fragments.pix_face)  # (3, N)
+        if batched:
+            vid = vid + fragments.batch_index * V
     C, N = attrs_soa.shape[0], vid.shape[1]
     # explicit C (not -1): N == 0 (nothing covered) must give (C, 0), not a reshape error
     v0, v1, v2 = attrs_soa.index_select(1, vid.reshape(-1)).view(C, 3, N).unbind(1)
@@ -75,19 +78,51 @@ def interpolate(attrs: torch.Tensor, faces: torch.Tensor, fragments: Fragments) 
     return out.view(B, H, W, -1)
 
 
-def _face_normals_soa(soa: torch.Tensor, faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
-    """(3, B*V) vertices -> (3, B*F) unnormalised face normals (v1 - v0) x (v2 - v0)."""
-    vid = _corner_index(faces, B, V)
+def _face_normals_soa(soa: torch.Tensor, faces: torch.Tensor, B: int, V: int, vid=None) -> torch.Tensor:
+    """(3, B*V) vertices -> (3, B*F) unnormalised face normals (v1 - v0) x (v2 - v0).
+
+    ``vid``: optional (3, K) corner indices (a subset of :func:`_corner_index`'s columns);
+    then the K face normals of those faces."""
+    if vid is None:
+        vid = _corner_index(faces, B, V)
     p0, p1, p2 = soa.index_select(1, vid.reshape(-1)).view(3, 3, -1).unbind(1)  # (3, BF) each
     ax, ay, az = (p1 - p0).unbind(0)
     bx, by, bz = (p2 - p0).unbind(0)
     return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], 0)
 
 
-def _vertex_normals_soa(soa: torch.Tensor, faces: torch.Tensor, B: int, V: int, eps: float = 1e-12) -> torch.Tensor:
-    """(3, B*V) vertices -> (3, B*V) unit area-weighted vertex normals."""
-    fn = _face_normals_soa(soa, faces, B, V)  # (3, BF)
+def _faces_around(faces: torch.Tensor, B: int, V: int, face_ids: torch.Tensor) -> torch.Tensor:
+    """Faces whose normals the vertex normals of the drawn triangles need.
+
+    Args:
+        faces: (F, 3); face_ids: (N,) int64 indices into B*F (image * F + face) of the drawn
+            triangles (repeats allowed).
+    Returns:
+        (K,) int64 increasing indices into B*F: every face sharing a vertex with a drawn one.
+    """
+    F = faces.shape[0]
     vid = _corner_index(faces, B, V)  # (3, BF)
+    drawn = torch.zeros(B * F, dtype=torch.bool, device=faces.device)
+    drawn[face_ids] = True
+    used = torch.zeros(B * V, dtype=torch.bool, device=faces.device)
+    used[vid[:, drawn].reshape(-1)] = True
+    u = used.take(vid)  # (3, BF)
+    return (u[0] | u[1] | u[2]).nonzero().squeeze(1)
+
+
+def _vertex_normals_soa(
+    soa: torch.Tensor, faces: torch.Tensor, B: int, V: int, eps: float = 1e-12, subset=None
+) -> torch.Tensor:
+    """(3, B*V) vertices -> (3, B*V) unit area-weighted vertex normals.
+
+    ``subset``: optional (K,) increasing indices into B*F (:func:`_faces_around`); only those
+    faces are accumulated, so only the vertices all of whose faces are in the subset get their
+    full normal (the same values as without a subset: same faces, same order).
+    """
+    vid = _corner_index(faces, B, V)  # (3, BF)
+    if subset is not None:
+        vid = vid.index_select(1, subset)
+    fn = _face_normals_soa(soa, faces, B, V, vid)  # (3, BF) or (3, K)
     n = soa.new_zeros(3, B * V)
     for k in range(3):  # each face normal goes to its three corners
         n = n.index_add(1, vid[k], fn)

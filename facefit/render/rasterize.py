@@ -30,10 +30,13 @@ face has a *negative* signed area ``(u1-u0)(v2-v0) - (u2-u0)(v1-v0)`` in screen 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
+
+import weakref
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from facefit.errors import FacefitError
 
@@ -42,7 +45,7 @@ __all__ = ["Fragments", "rasterize", "Rasterizer", "visibility_torch", "triangle
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
-class Fragments(NamedTuple):
+class Fragments:
     """Per-pixel rasterisation output (B images of H x W pixels).
 
     Dense fields:
@@ -61,20 +64,52 @@ class Fragments(NamedTuple):
         pix_face: (N,) int64 triangle index.
         pix_bary: (N, 3) barycentrics (same values as ``bary`` at those pixels).
         pix_dist: (N,) ``dist`` at those pixels.
+        pix_depth: (N,) ``depth`` at those pixels.
+        pix_verts: (3, N) int64 corners of ``pix_face`` as flat indices image * V + vertex.
     image_size: (H, W).
+
+    ``bary``, ``depth`` and ``dist`` are scattered from the packed fields when first read
+    (the renderer works on the packed pixels only).
     """
 
-    face_ids: torch.Tensor
-    bary: torch.Tensor
-    depth: torch.Tensor
-    mask: torch.Tensor
-    extended: torch.Tensor
-    dist: torch.Tensor
-    pix_index: torch.Tensor
-    pix_face: torch.Tensor
-    pix_bary: torch.Tensor
-    pix_dist: torch.Tensor
-    image_size: Tuple[int, int]
+    __slots__ = (
+        "face_ids", "mask", "extended", "pix_index", "pix_face", "pix_bary", "pix_dist", "pix_depth",
+        "image_size", "pix_verts", "_dense",
+    )
+
+    def __init__(self, face_ids, mask, extended, pix_index, pix_face, pix_bary, pix_dist, pix_depth, image_size,
+                 pix_verts=None):
+        self.face_ids = face_ids
+        self.mask = mask
+        self.extended = extended
+        self.pix_index = pix_index
+        self.pix_face = pix_face
+        self.pix_bary = pix_bary
+        self.pix_dist = pix_dist
+        self.pix_depth = pix_depth
+        self.image_size = tuple(image_size)
+        self.pix_verts = pix_verts
+        self._dense = {}
+
+    def _scatter(self, name: str, packed: torch.Tensor) -> torch.Tensor:
+        if name not in self._dense:
+            B, H, W = self.face_ids.shape
+            shape = (B * H * W,) + tuple(packed.shape[1:])
+            full = packed.new_zeros(shape).index_put((self.pix_index,), packed)
+            self._dense[name] = full.view(B, H, W, *packed.shape[1:])
+        return self._dense[name]
+
+    @property
+    def bary(self) -> torch.Tensor:
+        return self._scatter("bary", self.pix_bary)
+
+    @property
+    def depth(self) -> torch.Tensor:
+        return self._scatter("depth", self.pix_depth)
+
+    @property
+    def dist(self) -> torch.Tensor:
+        return self._scatter("dist", self.pix_dist)
 
     @property
     def batch_index(self) -> torch.Tensor:
@@ -134,6 +169,42 @@ def _grid_offsets(nx: int, ny: int, device) -> Tuple[torch.Tensor, torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------
+# per-topology index tensors, kept while the same (unmodified) faces tensor is used
+
+_TOPOLOGY_CACHE: dict = {}
+
+
+def _topology(faces: torch.Tensor, key, make):
+    """``make()`` for this faces tensor object (same object, same in-place version), cached."""
+    k = (id(faces), key)
+    hit = _TOPOLOGY_CACHE.get(k)
+    if hit is not None and hit[0]() is faces and hit[1] == faces._version:
+        return hit[2]
+    value = make()
+    if len(_TOPOLOGY_CACHE) >= 16:  # drop the oldest entries (and those of dead tensors)
+        for old in list(_TOPOLOGY_CACHE)[:8]:
+            del _TOPOLOGY_CACHE[old]
+    _TOPOLOGY_CACHE[k] = (weakref.ref(faces), faces._version, value)
+    return value
+
+
+def faces_soa(faces: torch.Tensor) -> torch.Tensor:
+    """(3, F) contiguous ``faces.t()`` (cached per faces tensor)."""
+    return _topology(faces, "soa", lambda: faces.t().contiguous())
+
+
+def corner_index(faces: torch.Tensor, B: int, V: int) -> torch.Tensor:
+    """(3, B*F) int64 flat vertex indices into B*V, corner-major: [k, b*F + f] (cached)."""
+
+    def make():
+        off = torch.arange(B, device=faces.device) * V
+        return (faces_soa(faces).unsqueeze(1) + off.view(1, B, 1)).reshape(3, -1)
+
+    return _topology(faces, ("corners", B, V), make)
+
+
+
+# --------------------------------------------------------------------------------------
 # visibility pass, pure PyTorch
 
 
@@ -146,6 +217,7 @@ def visibility_torch(
     near: float = 1e-3,
     small_box: int = 4,
     chunk_candidates: int = 1 << 22,
+    _soa: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Nearest visible triangle per pixel centre (no gradients).
 
@@ -154,10 +226,11 @@ def visibility_torch(
         faces: (F, 3) int64.
         image_size: (H, W).
         small_box: triangles whose pixel bounding box is at most ``small_box`` pixels in both
-            directions are processed in groups of identical box size; larger ones through a
-            generic (chunked) enumeration.
+            directions (at most 15) are processed in groups of identical box size; larger
+            ones through a generic (chunked) enumeration.
         chunk_candidates: bound on (pixel, triangle) pairs evaluated at once for large
             triangles (memory).
+        _soa: the (3, B*V) transposed ``screen_verts`` when the caller has it.
     Returns:
         face_ids: (B, H, W) int64, -1 = background.
     """
@@ -169,56 +242,52 @@ def visibility_torch(
     if F == 0 or B == 0 or V == 0:
         return empty
     faces = faces.to(device=device, dtype=torch.int64)
-    sv = screen_verts.detach()
-    if not bool(torch.isfinite(sv).all()):
+    comp = (screen_verts.reshape(B * V, 3).t().contiguous() if _soa is None else _soa).detach()  # (3, B*V)
+    if not bool(torch.isfinite(comp).all()):
         # NaN fails every comparison below, so triangles touching such vertices are dropped
-        sv = torch.where(torch.isfinite(sv), sv, torch.full_like(sv, float("nan")))
+        comp = torch.where(torch.isfinite(comp), comp, torch.full_like(comp, float("nan")))
+    sb = max(0, min(int(small_box), 15))
 
-    # Structure-of-arrays gather: g[c, k, i] = component c (u, v, z) of corner k of triangle i
-    # (i runs over B * F), every row contiguous (fast elementwise math).
-    comp = sv.reshape(B * V, 3).t().contiguous()  # (3, B*V)
-    vidx = faces.t().contiguous().unsqueeze(1) + (torch.arange(B, device=device) * V).view(1, B, 1)
-    g = comp.index_select(1, vidx.reshape(-1)).view(3, 3, B * F)
-    u, v, z = g[0], g[1], g[2]
+    # Structure-of-arrays gather: u[k, i] = u of corner k of triangle i (i runs over B * F),
+    # every row contiguous (fast elementwise math); torch.take is the fastest CPU gather.
+    vidx = corner_index(faces, B, V)  # (3, B*F)
+    u, v = (comp[c].take(vidx) for c in range(2))  # (3, B*F) each
     area2 = (u[1] - u[0]) * (v[2] - v[0]) - (u[2] - u[0]) * (v[1] - v[0])
-    valid = (z[0] > near) & (z[1] > near) & (z[2] > near)
-    valid &= (area2 < -1e-12) if cull_backfaces else (area2.abs() > 1e-12)
-    tri_idx = valid.nonzero().squeeze(1)
-    if tri_idx.numel() == 0:
-        return empty
-    g = g.view(9, B * F).index_select(1, tri_idx)  # (9, T)
-    area2 = area2.index_select(0, tri_idx)
-    u0, u1, u2, v0, v1, v2, z0, z1, z2 = g.unbind(0)
-
     # pixel j is a candidate when its centre j + 0.5 lies in [min, max]
     # (clamped on both sides so that far off-screen coordinates cannot overflow int64)
-    x0 = torch.ceil(torch.minimum(torch.minimum(u0, u1), u2) - 0.5).clamp_(0, W)
-    x1 = torch.floor(torch.maximum(torch.maximum(u0, u1), u2) - 0.5).clamp_(-1, W - 1)
-    y0 = torch.ceil(torch.minimum(torch.minimum(v0, v1), v2) - 0.5).clamp_(0, H)
-    y1 = torch.floor(torch.maximum(torch.maximum(v0, v1), v2) - 0.5).clamp_(-1, H - 1)
+    x0 = torch.ceil(torch.minimum(torch.minimum(u[0], u[1]), u[2]) - 0.5).clamp_(0, W)
+    x1 = torch.floor(torch.maximum(torch.maximum(u[0], u[1]), u[2]) - 0.5).clamp_(-1, W - 1)
+    y0 = torch.ceil(torch.minimum(torch.minimum(v[0], v[1]), v[2]) - 0.5).clamp_(0, H)
+    y1 = torch.floor(torch.maximum(torch.maximum(v[0], v[1]), v[2]) - 0.5).clamp_(-1, H - 1)
+    # drawable: not degenerate (front-facing if culling), with at least one pixel centre in
+    # its box and in front of the near plane (depths gathered for the others only);
+    # everything below works on these only
+    keep = (area2 < -1e-12) if cull_backfaces else (area2.abs() > 1e-12)
+    keep &= (x1 >= x0) & (y1 >= y0)
+    tri_idx = keep.nonzero().squeeze(1)
+    z = comp[2].take(vidx.index_select(1, tri_idx))  # (3, T)
+    front = (z[0] > near) & (z[1] > near) & (z[2] > near)
+    if not bool(front.all()):
+        sel = front.nonzero().squeeze(1)
+        tri_idx, z = tri_idx.take(sel), z.index_select(1, sel)
+    if tri_idx.numel() == 0:
+        return empty
+    x0, x1, y0, y1 = (x.take(tri_idx) for x in (x0, x1, y0, y1))
     nx = (x1 - x0).long() + 1
     ny = (y1 - y0).long() + 1
 
-    # Sort triangles by box shape: group (nx-1)*small_box + (ny-1) for boxes of at most
-    # small_box x small_box pixels, then one group of larger boxes, then the empty boxes
-    # (dropped). Every group is then a contiguous slice of the sorted arrays.
-    sb = small_box
+    # Group triangles by box shape: group (nx-1)*sb + (ny-1) for boxes of at most sb x sb
+    # pixels, then one group of larger boxes. Sorted first (a one-byte key sorts fast), so
+    # that every group is a contiguous slice of everything computed below.
     n_small = sb * sb
-    small = (nx <= sb) & (ny <= sb)
-    gkey = torch.where(small, (nx - 1) * sb + (ny - 1), torch.full_like(nx, n_small))
-    gkey = torch.where((nx > 0) & (ny > 0), gkey, torch.full_like(nx, n_small + 1))
-    gkey, order = torch.sort(gkey)
-    counts = torch.bincount(gkey, minlength=n_small + 2).tolist()
-    n_keep = sum(counts[: n_small + 1])
-    if n_keep == 0:
-        return empty
-    order = order[:n_keep]
-    sel = lambda x: x.index_select(0, order)  # noqa: E731
-    u0, u1, u2, v0, v1, v2, z0, z1, z2 = (sel(x) for x in (u0, u1, u2, v0, v1, v2, z0, z1, z2))
-    area2, x0, y0, nx, ny, tri_idx = (sel(x) for x in (area2, x0, y0, nx, ny, tri_idx))
-    bidx = torch.div(tri_idx, F, rounding_mode="floor")
-    fid = tri_idx - bidx * F
-    base = bidx * (H * W) + y0.long() * W + x0.long()  # flat pixel index of the box origin
+    gkey = torch.where((nx <= sb) & (ny <= sb), (nx - 1) * sb + (ny - 1), torch.full_like(nx, n_small))
+    gkey, order = torch.sort(gkey.to(torch.uint8))
+    counts = torch.bincount(gkey, minlength=n_small + 1).tolist()
+    tri_idx = tri_idx.take(order)
+    x0, y0, nx, ny = (x.take(order) for x in (x0, y0, nx, ny))
+    area2 = area2.take(tri_idx)
+    u0, u1, u2, v0, v1, v2 = (c.take(tri_idx) for c in (*u, *v))
+    z0, z1, z2 = (c.take(order) for c in z)
 
     # Barycentrics as affine functions of integer pixel offsets (ox, oy) from the box
     # origin's pixel centre: b_i = A_i * ox + B_i * oy + C_i (origin-relative = precise).
@@ -226,17 +295,19 @@ def visibility_torch(
     du0, du1, du2 = u0 - ox0, u1 - ox0, u2 - ox0
     dv0, dv1, dv2 = v0 - oy0, v1 - oy0, v2 - oy0
     inv_a = 1.0 / area2
+    # inverse depth is affine in screen space too: 1/z = sum_i b_i / z_i
+    iz0, iz1, iz2 = 1.0 / z0, 1.0 / z1, 1.0 / z2
     A0, A1, A2 = (dv1 - dv2) * inv_a, (dv2 - dv0) * inv_a, (dv0 - dv1) * inv_a
     B0, B1, B2 = (du2 - du1) * inv_a, (du0 - du2) * inv_a, (du1 - du0) * inv_a
     C0 = (du1 * dv2 - du2 * dv1) * inv_a
     C1 = (du2 * dv0 - du0 * dv2) * inv_a
     C2 = (du0 * dv1 - du1 * dv0) * inv_a
-    # inverse depth is affine in screen space too: 1/z = sum_i b_i / z_i
-    iz0, iz1, iz2 = 1.0 / z0, 1.0 / z1, 1.0 / z2
     P = A0 * iz0 + A1 * iz1 + A2 * iz2
     Q = B0 * iz0 + B1 * iz1 + B2 * iz2
     S = C0 * iz0 + C1 * iz1 + C2 * iz2
-    coef = (A0, A1, A2, B0, B1, B2, C0, C1, C2, P, Q, S)
+    # (4, 3, T): rows b0, b1, b2, 1/z; columns (A, B, C), so that the values at offsets
+    # (ox, oy) are (ox, oy, 1) @ coef
+    coef = torch.stack([A0, B0, C0, A1, B1, C1, A2, B2, C2, P, Q, S], 0).view(4, 3, -1)
 
     # z-buffer key: quantised (izmax - 1/z) in the high bits (nearer = smaller), face id low
     fbits = max(1, int(F - 1).bit_length())
@@ -247,35 +318,46 @@ def visibility_torch(
     inv_range = 1.0 / max(izmax - izmin, 1e-30)
     zbuf = torch.full((B * H * W,), _INT64_MAX, dtype=torch.int64, device=device)
 
-    def emit(c, ox, oy, pix, f):
-        """c: 12 coefficient arrays (n, 1) or (M,); ox, oy: float offsets; pix, f: int64."""
-        b0 = c[0] * ox + c[3] * oy + c[6]
-        b1 = c[1] * ox + c[4] * oy + c[7]
-        b2 = c[2] * ox + c[5] * oy + c[8]
-        inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
-        izv = (c[9] * ox + c[10] * oy + c[11])[inside]
+    bidx = torch.div(tri_idx, F, rounding_mode="floor")
+    fid = tri_idx - bidx * F
+    base = bidx * (H * W) + y0.long() * W + x0.long()  # flat pixel index of the box origin
+
+    def emit(izv, pix, f):
         # normalise to [0, 1] first so that nothing overflows in float32, then quantise
         q = ((izmax - izv) * inv_range).clamp_(0.0, 1.0).mul_(qmax).long()
-        key = (q << fbits) | f.expand_as(inside)[inside]
-        zbuf.scatter_reduce_(0, pix.expand_as(inside)[inside], key, reduce="amin", include_self=True)
+        zbuf.scatter_reduce_(0, pix, (q << fbits) | f, reduce="amin", include_self=True)
 
     start = 0
-    for grp in range(n_small + 1):
+    for grp in range(n_small):
         cnt = counts[grp]
         s, e = start, start + cnt
         start = e
         if cnt == 0:
             continue
-        if grp < n_small:
-            # dense broadcasting over the gx x gy offsets of this box shape
-            gx, gy = grp // sb + 1, grp % sb + 1
-            ox, oy = _grid_offsets(gx, gy, device)
-            c = [x[s:e].unsqueeze(1) for x in coef]  # (n, 1) each
-            pix = base[s:e].unsqueeze(1) + (oy * W + ox)
-            emit(c, ox.to(A0.dtype), oy.to(A0.dtype), pix, fid[s:e].unsqueeze(1))
-            continue
-        # large boxes: enumerate (triangle, pixel) pairs explicitly, in bounded chunks
-        n_all = nx[s:e] * ny[s:e]
+        # all gx x gy offsets of this box shape at once: (4, K, 3) @ (4, 3, n)
+        gx, gy = grp // sb + 1, grp % sb + 1
+        ox, oy = _grid_offsets(gx, gy, device)
+        K = ox.numel()
+        c = coef[:, :, s:e]
+        if K == 1:
+            vals = c[:, 2].unsqueeze(1)  # (4, 1, n): the C column at offset (0, 0)
+        else:
+            offs = torch.stack([ox, oy, torch.ones_like(ox)], 1).to(coef.dtype)  # (K, 3)
+            vals = torch.matmul(offs, c)  # (4, K, n): b0, b1, b2, 1/z
+        inside = vals[:3].amin(0) >= 0  # (K, n)
+        hit = inside.view(-1).nonzero().squeeze(1)
+        k = torch.div(hit, cnt, rounding_mode="floor")
+        ti = hit - k * cnt
+        izv = vals[3].reshape(-1).take(hit)
+        ti = ti + s
+        pix = base.take(ti) + (oy * W + ox).take(k)
+        emit(izv, pix, fid.take(ti))
+
+    # large boxes: enumerate (triangle, pixel) pairs explicitly, in bounded chunks
+    s, e = start, start + counts[n_small]
+    if e > s:
+        nxb, nyb = nx[s:e], ny[s:e]
+        n_all = nxb * nyb
         csum = torch.cumsum(n_all, 0)
         lo, nbig = 0, e - s
         while lo < nbig:
@@ -286,13 +368,21 @@ def visibility_torch(
             t = torch.repeat_interleave(torch.arange(hi - lo, device=device), n)
             first = torch.cumsum(n, 0) - n
             k = torch.arange(t.numel(), device=device) - first[t]
-            ti = t + (s + lo)  # index into the sorted arrays
-            nxt = nx.index_select(0, ti)
+            nxt = nxb.take(t + lo)
             oy = torch.div(k, nxt, rounding_mode="floor")
             ox = k - oy * nxt
-            c = [x.index_select(0, ti) for x in coef]
-            pix = base.index_select(0, ti) + oy * W + ox
-            emit(c, ox.to(A0.dtype), oy.to(A0.dtype), pix, fid.index_select(0, ti))
+            ti = t + (s + lo)  # index into the sorted arrays
+            c = coef.view(12, -1).index_select(1, ti)  # (12, M)
+            oxf, oyf = ox.to(c.dtype), oy.to(c.dtype)
+            b0 = c[0] * oxf + c[1] * oyf + c[2]
+            b1 = c[3] * oxf + c[4] * oyf + c[5]
+            b2 = c[6] * oxf + c[7] * oyf + c[8]
+            hit = ((b0 >= 0) & (b1 >= 0) & (b2 >= 0)).nonzero().squeeze(1)
+            c, oxf, oyf = c.index_select(1, hit), oxf.take(hit), oyf.take(hit)
+            izv = c[9] * oxf + c[10] * oyf + c[11]
+            ti = ti.take(hit)
+            pix = base.take(ti) + (oy.take(hit) * W + ox.take(hit))
+            emit(izv, pix, fid.take(ti))
             lo = hi
 
     covered = zbuf != _INT64_MAX
@@ -307,7 +397,7 @@ def visibility_torch(
 # corner k, so every quantity below is a contiguous array (fast on CPU, no tiny last dims).
 
 
-def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Tensor, f: torch.Tensor):
+def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Tensor, f: torch.Tensor, soa=None):
     """Screen-space corners of triangles ``f`` of images ``b``.
 
     Args:
@@ -319,8 +409,9 @@ def _gather_corners(screen_verts: torch.Tensor, faces: torch.Tensor, b: torch.Te
     B, V, _ = screen_verts.shape
     shape = f.shape
     f, b = f.reshape(-1), b.reshape(-1)
-    vid = faces.t().contiguous().index_select(1, f) + b * V  # (3, N), corner-major
-    soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
+    vid = faces_soa(faces).index_select(1, f) + b * V  # (3, N), corner-major
+    if soa is None:
+        soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
     # index_select (backward: index_add) is much faster on CPU than advanced indexing
     g = soa.index_select(1, vid.reshape(-1)).view(3, 3, *shape)
     return tuple(c.unbind(0) for c in g.unbind(0))
@@ -380,7 +471,7 @@ MAX_EXTENDED_BARY = 8.0
 
 @torch.no_grad()
 def _extend_silhouette(
-    screen_verts: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor
+    screen_verts: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor, soa=None
 ) -> torch.Tensor:
     """Assign the nearest neighbouring triangle to background pixels next to covered ones.
 
@@ -390,9 +481,16 @@ def _extend_silhouette(
         (B, H, W) int64 face ids including the extended pixels.
     """
     B, H, W = face_ids.shape
-    cov = (face_ids >= 0).unsqueeze(1).to(screen_verts.dtype)
-    near = torch.nn.functional.max_pool2d(cov, 3, stride=1, padding=1).squeeze(1) > 0
-    cand_pix = (near & (face_ids < 0)).reshape(-1).nonzero().squeeze(1)  # (M,)
+    # background pixels with a covered pixel among their 8 neighbours (3 x 3 dilation of
+    # the coverage, separable: rows then columns, on booleans)
+    cov = face_ids >= 0
+    near = cov.clone()
+    near[:, :, 1:] |= cov[:, :, :-1]
+    near[:, :, :-1] |= cov[:, :, 1:]
+    rows = near.clone()
+    near[:, 1:] |= rows[:, :-1]
+    near[:, :-1] |= rows[:, 1:]
+    cand_pix = (near & ~cov).reshape(-1).nonzero().squeeze(1)  # (M,)
     if cand_pix.numel() == 0:
         return face_ids
     padded = torch.nn.functional.pad(face_ids, (1, 1, 1, 1), value=-1).reshape(-1)
@@ -405,7 +503,7 @@ def _extend_silhouette(
         device=face_ids.device,
     )
     cands = padded[centre.unsqueeze(1) + offs]  # (M, 8)
-    u, v, z = _gather_corners(screen_verts, faces, b.unsqueeze(1).expand_as(cands), cands.clamp_min(0))
+    u, v, z = _gather_corners(screen_verts, faces, b.unsqueeze(1).expand_as(cands), cands.clamp_min(0), soa)
     pu8, pv8 = pu.unsqueeze(1).expand_as(cands), pv.unsqueeze(1).expand_as(cands)
     e0, e1, e2, a2 = _edge_functions(u, v, pu8, pv8)
     d = _outside_distance(u, v, e0, e1, e2, a2, pu8, pv8)
@@ -425,51 +523,117 @@ def _extend_silhouette(
     return out.view(B, H, W)
 
 
+def _bary_forward(g: torch.Tensor, pu: torch.Tensor, pv: torch.Tensor):
+    """Perspective-correct barycentrics and depth of the points (pu, pv) (N,) in the
+    triangles g (3, 3, N) (component, corner, pixel); returns the intermediates too."""
+    u, v, z = g.unbind(0)
+    du, dv = u - pu, v - pv  # (3, N)
+    e0 = du[1] * dv[2] - du[2] * dv[1]
+    e1 = du[2] * dv[0] - du[0] * dv[2]
+    e2 = du[0] * dv[1] - du[1] * dv[0]
+    # perspective correction: attributes are affine in 3D, so weights ~ b_k / z_k
+    inv_a = 1.0 / (e0 + e1 + e2)
+    if torch.is_grad_enabled() and g.requires_grad:  # (autograd: tests)
+        w = torch.stack([e0 * inv_a / z[0], e1 * inv_a / z[1], e2 * inv_a / z[2]], 0)
+    else:
+        w = du.new_empty(du.shape)  # (3, N)
+        for k, e in enumerate((e0, e1, e2)):
+            torch.mul(e, inv_a, out=w[k]).div_(z[k])
+    depth = 1.0 / (w[0] + w[1] + w[2])
+    bary = w * depth
+    return bary, depth, (du, dv, z, inv_a, w)
+
+
+class _BaryFused(torch.autograd.Function):
+    """Gather of the triangle corners + :func:`_bary_forward`, with a hand-written backward
+    (far fewer passes over the pixels than autograd's graph of the same formula)."""
+
+    @staticmethod
+    def forward(ctx, soa, vid, pu, pv):
+        g = soa.index_select(1, vid).view(3, 3, -1)
+        bary, depth, inter = _bary_forward(g, pu, pv)
+        ctx.save_for_backward(vid, bary, depth, *inter)
+        ctx.m = soa.shape[1]
+        return bary, depth
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gb, gd):
+        vid, bary, depth, du, dv, z, inv_a, w = ctx.saved_tensors
+        if gb is None:
+            gb = torch.zeros_like(bary)
+        if gd is None:
+            gd = torch.zeros_like(depth)
+        # bary_k = w_k * depth, depth = 1 / sum(w)
+        t = gd * depth + (gb * bary).sum(0)
+        g_w = (gb - t) * depth  # (3, N)
+        # w_k = e_k * inv_a / z_k, inv_a = 1 / sum(e)
+        g_wz = g_w / z
+        g_e = g_wz * inv_a - inv_a * (g_w * w).sum(0)
+        ge0, ge1, ge2 = g_e.unbind(0)
+        # e0 = du1 dv2 - du2 dv1, e1 = du2 dv0 - du0 dv2, e2 = du0 dv1 - du1 dv0;
+        # written straight into the (component, corner, pixel) gradient
+        grad = g_w.new_empty(3, 3, g_w.shape[1])
+        for k, (ga, a, gb_, b) in enumerate(((ge2, 1, ge1, 2), (ge0, 2, ge2, 0), (ge1, 0, ge0, 1))):
+            torch.mul(ga, dv[a], out=grad[0, k]).sub_(gb_ * dv[b])  # d/du_k
+            torch.mul(gb_, du[b], out=grad[1, k]).sub_(ga * du[a])  # d/dv_k
+        torch.mul(g_wz, w, out=grad[2]).neg_()
+        grad = grad.view(3, -1)
+        gsoa = grad.new_zeros(3, ctx.m).index_add_(1, vid, grad)
+        return gsoa, None, None, None
+
+
+def _bary_depth(soa: torch.Tensor, vid: torch.Tensor, pu, pv):
+    """(3, N) perspective-correct barycentrics and (N,) depth of the pixel centres (pu, pv)
+    in the triangles of corners ``vid`` (3N,) (corner-major indices into the (3, B*V)
+    screen vertices ``soa``); differentiable w.r.t. ``soa``."""
+    if torch.is_grad_enabled() and soa.requires_grad:
+        return _BaryFused.apply(soa, vid, pu, pv)
+    bary, depth, _ = _bary_forward(soa.index_select(1, vid).view(3, 3, -1), pu, pv)
+    return bary, depth
+
+
 def _fragments_from_ids(
     screen_verts: torch.Tensor,
     faces: torch.Tensor,
     face_ids: torch.Tensor,
     covered: torch.Tensor,
+    soa: torch.Tensor | None = None,
 ) -> Fragments:
     """Differentiable barycentrics / depth / distance for every pixel with a triangle."""
     B, H, W = face_ids.shape
+    V = screen_verts.shape[1]
     dt = screen_verts.dtype
+    if soa is None:
+        soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V)
     flat = face_ids.reshape(-1)
     pix_index = (flat >= 0).nonzero().squeeze(1)
     pix_face = flat.index_select(0, pix_index)
     b, pu, pv = _pixel_centres(pix_index, H, W, dt)
-    u, v, z = _gather_corners(screen_verts, faces, b, pix_face)  # differentiable, (N,) each
-    e0, e1, e2, a2 = _edge_functions(u, v, pu, pv)
-    # perspective correction: attributes are affine in 3D, so weights ~ b_k / z_k
-    inv_a = 1.0 / a2
-    w0, w1, w2 = e0 * inv_a / z[0], e1 * inv_a / z[1], e2 * inv_a / z[2]
-    depth = 1.0 / (w0 + w1 + w2)
-    bary_t = torch.stack([w0 * depth, w1 * depth, w2 * depth], 0)  # (3, N)
+    # (3, N) flat vertex indices (image * V + vertex) of the pixels' triangle corners
+    pix_verts = faces_soa(faces).index_select(1, pix_face).add_(b * V)
+    bary_t, depth = _bary_depth(soa, pix_verts.view(-1), pu, pv)  # (3, N), (N,)
     bary = bary_t.t()  # (N, 3) view; interpolation uses the contiguous rows of bary_t
     extended = (flat >= 0) & ~covered.reshape(-1)
     ext_p = extended.index_select(0, pix_index).nonzero().squeeze(1)
     dist = torch.zeros_like(depth)
     if ext_p.numel() > 0:
-        sel = lambda xs: [x.index_select(0, ext_p) for x in xs]  # noqa: E731
-        sub = _outside_distance(sel(u), sel(v), *sel([e0, e1, e2, a2, pu, pv]))
-        dist = dist.index_put((ext_p,), sub)
-    n = B * H * W
-    dev = flat.device
-    bary_d = torch.zeros(n, 3, dtype=dt, device=dev).index_put((pix_index,), bary)
-    depth_d = torch.zeros(n, dtype=dt, device=dev).index_put((pix_index,), depth)
-    dist_d = torch.zeros(n, dtype=dt, device=dev).index_put((pix_index,), dist)
+        sel = lambda x: x.index_select(0, ext_p)  # noqa: E731
+        pue, pve = sel(pu), sel(pv)
+        u, v, _ = _gather_corners(screen_verts, faces, sel(b), sel(pix_face), soa)  # differentiable
+        e0, e1, e2, a2 = _edge_functions(u, v, pue, pve)
+        dist = dist.index_put((ext_p,), _outside_distance(u, v, e0, e1, e2, a2, pue, pve))
     return Fragments(
         face_ids=face_ids,
-        bary=bary_d.view(B, H, W, 3),
-        depth=depth_d.view(B, H, W),
         mask=covered,
         extended=extended.view(B, H, W),
-        dist=dist_d.view(B, H, W),
         pix_index=pix_index,
         pix_face=pix_face,
         pix_bary=bary,
         pix_dist=dist,
+        pix_depth=depth,
         image_size=(H, W),
+        pix_verts=pix_verts,
     )
 
 
@@ -519,6 +683,8 @@ def rasterize(
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= screen_verts.shape[1]):
         raise FacefitError("faces reference vertices outside screen_verts")
     which = _resolve_backend(backend, screen_verts)
+    B, V, _ = screen_verts.shape
+    soa = screen_verts.reshape(B * V, 3).t().contiguous()  # (3, B*V), shared by all passes
     if which == "pytorch3d":
         from facefit.render import pytorch3d_backend
 
@@ -526,11 +692,13 @@ def rasterize(
             screen_verts, faces, (H, W), cull_backfaces=cull_backfaces, near=near
         )
     else:
-        face_ids = visibility_torch(screen_verts, faces, (H, W), cull_backfaces=cull_backfaces, near=near)
+        face_ids = visibility_torch(
+            screen_verts, faces, (H, W), cull_backfaces=cull_backfaces, near=near, _soa=soa.detach()
+        )
     covered = face_ids >= 0
     if extend_outside:
-        face_ids = _extend_silhouette(screen_verts.detach(), faces, face_ids)
-    return _fragments_from_ids(screen_verts, faces, face_ids, covered)
+        face_ids = _extend_silhouette(screen_verts.detach(), faces, face_ids, soa.detach())
+    return _fragments_from_ids(screen_verts, faces, face_ids, covered, soa)
 
 
 class Rasterizer(nn.Module):

@@ -16,11 +16,11 @@ from torch import nn
 
 from facefit.errors import FacefitError
 from facefit.render.camera import Camera, euler_to_matrix, frame_face, sample_poses, world_to_camera
-from facefit.render.interpolate import _interpolate_soa, _vertex_normals_soa
+from facefit.render.interpolate import _faces_around, _interpolate_soa, _vertex_normals_soa
 from facefit.render.rasterize import Fragments, rasterize
 from facefit.render.shading import (
     Lights,
-    _phong_soa,
+    _phong_fast,
     frontal_lights,
     sample_light_colors,
     sample_lights,
@@ -146,6 +146,23 @@ def _background(background, B: int, H: int, W: int, ref: torch.Tensor) -> torch.
     return out.clamp(0.0, 1.0).contiguous()
 
 
+def _pixel_rays(frags: Fragments, camera: Camera, bidx: torch.Tensor, dt, dev) -> torch.Tensor:
+    """(3, N) camera-space rays ((u - cx) / f, (v - cy) / f, 1) through the packed pixels."""
+    H, W = frags.image_size
+    rem = frags.pix_index - bidx * (H * W)
+    row = torch.div(rem, W, rounding_mode="floor")
+    col = rem - row * W
+
+    def per_pixel(a):
+        a = torch.as_tensor(a, dtype=dt, device=dev).reshape(-1)
+        return a.index_select(0, bidx) if a.numel() > 1 else a.reshape(())
+
+    f, cx, cy = per_pixel(camera.focal), per_pixel(camera.cx), per_pixel(camera.cy)
+    x = (col.to(dt) + 0.5 - cx) / f
+    y = (row.to(dt) + 0.5 - cy) / f
+    return torch.stack([x, y, torch.ones_like(x)], 0)
+
+
 def _per_pixel_rows(x: torch.Tensor, bidx: torch.Tensor) -> torch.Tensor:
     """(B, K) per-image values -> (K, N) per-pixel rows (contiguous)."""
     return x.contiguous().index_select(0, bidx).t().contiguous()
@@ -210,14 +227,23 @@ def render(
     faces = faces.to(device=verts.device, dtype=torch.int64)
     dt, dev = verts.dtype, verts.device
 
-    # G-buffer, structure of arrays: (9, B*V) = positions, normals, albedo
+    # G-buffer, structure of arrays: (6, B*V) = normals, albedo. Vertex normals only from
+    # the faces around the drawn triangles' vertices (all that the drawn pixels use).
     pos_soa = verts_cam.reshape(B * V, 3).t().contiguous()
-    nrm_soa = _vertex_normals_soa(pos_soa, faces, B, V)
+    bidx = frags.batch_index
+    subset = _faces_around(faces, B, V, bidx * faces.shape[0] + frags.pix_face)
+    nrm_soa = _vertex_normals_soa(pos_soa, faces, B, V, subset=subset)
     if colors.dim() == 2:
         colors = colors.unsqueeze(0).expand(B, V, 3)
     col_soa = colors.to(dt).reshape(B * V, 3).t()
-    g = _interpolate_soa(torch.cat([pos_soa, nrm_soa, col_soa], 0), faces, frags, V)  # (9, N)
-    pos, nrm, kd = torch.split(g, 3, 0)
+    g = _interpolate_soa(torch.cat([nrm_soa, col_soa], 0), faces, frags, V)  # (6, N)
+    nrm, kd = torch.split(g, 3, 0)
+    # The perspective-correct interpolated camera-space position of a pixel is its depth
+    # times its ray ((u - cx) / f, (v - cy) / f, 1) (same function of the vertices, fewer
+    # operations); the direction to the camera is then the (constant) reversed unit ray.
+    ray = _pixel_rays(frags, camera, bidx, dt, dev)  # (3, N)
+    pos = ray * frags.pix_depth
+    view = ray * -torch.rsqrt((ray * ray).sum(0))
 
     if lights is None:
         lights = frontal_lights(B, target=verts_cam.detach().mean(1), dtype=dt, device=dev)
@@ -226,14 +252,13 @@ def render(
     lights = lights.to(device=dev, dtype=dt)
     if light_color is None:
         light_color = verts.new_ones(B, 3)
-    bidx = frags.batch_index
     L = lights.positions.shape[1]  # explicit: N may be 0 (nothing covered)
 
     def per_pixel(x):
         x = torch.as_tensor(x, dtype=dt, device=dev)
         return x.index_select(0, bidx) if x.dim() >= 1 else x
 
-    shaded = _phong_soa(
+    shaded = _phong_fast(
         pos,
         nrm,
         kd,
@@ -243,6 +268,7 @@ def render(
         _per_pixel_rows(light_color.to(device=dev, dtype=dt), bidx),  # (3, N)
         per_pixel(shininess),
         per_pixel(specular),
+        view,
     ).clamp(0.0, 1.0)  # (3, N)
 
     ext = frags.extended.reshape(-1).index_select(0, frags.pix_index)
@@ -259,7 +285,9 @@ def render(
     idx = (base.unsqueeze(0) + (torch.arange(3, device=dev) * HW).unsqueeze(1)).reshape(-1)  # (3N,)
     bg_p = bg.index_select(0, idx).view(3, -1)
     comp = alpha_p * shaded + (1.0 - alpha_p) * bg_p
-    images = bg.index_put((idx,), comp.reshape(-1)).view(B, 3, H, W)
+    # _background returns a new tensor: write into it unless autograd needs it unchanged
+    put = bg.index_put if bg.requires_grad else bg.index_put_
+    images = put((idx,), comp.reshape(-1)).view(B, 3, H, W)
     alpha = verts.new_zeros(B * HW).index_put((frags.pix_index,), alpha_p).view(B, 1, H, W)
     return RenderOutput(
         images=images,
