@@ -60,9 +60,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _reconstructor(checkpoint, engine: str):
-    """The inference engine the batch job uses (``facefit.lite`` for plain jobs, else torch)."""
+    """The inference engine the batch job uses (``facefit.batch.lite`` for plain jobs, else torch)."""
     if engine == "lite":
-        from facefit.lite import make_lite_reconstructor
+        from facefit.batch.lite import make_lite_reconstructor
 
         return make_lite_reconstructor(checkpoint)
     from facefit.reconstruction import Reconstructor
@@ -71,7 +71,7 @@ def _reconstructor(checkpoint, engine: str):
 
 
 def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
-    from facefit.lite import engine_setting
+    from facefit.batch.lite import engine_setting
     from facefit.reconstruction import run_batch
 
     engine = "torch" if engine_setting() == "torch" else "lite"

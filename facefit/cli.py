@@ -229,7 +229,7 @@ def reconstruct_cmd(
     """
     if not fuse and detector in ("dlib", "mtcnn", "yunet"):  # detection workers start before torch loads
         from .batch import prestart
-        from .lite import lite_reason
+        from .batch.lite import lite_reason
 
         plain = lite_reason(refine=refine, render=render, texture=None if texture == "model" else texture, head=head,
                             blendshapes=blendshapes, pose=pose, device=device) is None

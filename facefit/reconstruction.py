@@ -726,7 +726,7 @@ class BatchSummary:
     left out of a ``fuse``; ``errors`` lists them as (label, message). ``fused`` holds the
     fused face's statistics (``n_fused``, ``consistency_mm_mean``, ``consistency_mm_max``,
     ``texture_from``) with ``fuse``. ``engine`` says which inference path ran: "lite"
-    (plain jobs, no torch, :mod:`facefit.lite`) or "torch".
+    (plain jobs, no torch, :mod:`facefit.batch.lite`) or "torch".
     """
 
     processed: int = 0
@@ -739,7 +739,7 @@ class BatchSummary:
     manifest: Optional[Path] = None
     fused: Optional[dict] = None
     pose_errors: list = field(default_factory=list)
-    #: "lite" (no torch: :mod:`facefit.lite`) or "torch"
+    #: "lite" (no torch: :mod:`facefit.batch.lite`) or "torch"
     engine: str = "torch"
 
     @property
@@ -957,7 +957,7 @@ def run_batch(
 
     A plain job (none of ``refine``, ``render``, ``fuse``, ``texture="photo"``, ``head``,
     ``blendshapes``, ``pose``; no CUDA ``device``; a dlib-encoder checkpoint) runs without
-    torch (:mod:`facefit.lite`; ``$FACEFIT_ENGINE=torch`` turns that off): the same files
+    torch (:mod:`facefit.batch.lite`; ``$FACEFIT_ENGINE=torch`` turns that off): the same files
     within a float tolerance (``docs/speed.md``).
 
     Returns:
@@ -973,7 +973,7 @@ def run_batch(
         FacefitError: bad arguments or output location; in single-file mode, the input's
         error; NoFaceError: ``fuse`` and no face in any input.
     """
-    from .lite import engine_setting
+    from .batch.lite import engine_setting
 
     t_start = time.perf_counter()
     engine_setting()  # a bad $FACEFIT_ENGINE is refused before anything happens
@@ -1024,11 +1024,11 @@ def run_batch(
 
     if blendshapes and fmt != "glb":
         raise FacefitError(f"--blendshapes writes morph targets into glTF: use a .glb output (or --format glb), not {fmt}")
-    from .lite import lite_reason, make_lite_reconstructor
+    from .batch.lite import lite_reason, make_lite_reconstructor
 
     rec = None
     if lite_reason(refine=refine, render=render, fuse=fuse, texture=texture, head=head, blendshapes=blendshapes,
-                   pose=pose, device=device) is None:  # plain job: no torch (facefit.lite)
+                   pose=pose, device=device) is None:  # plain job: no torch (facefit.batch.lite)
         rec = make_lite_reconstructor(checkpoint, model, detector, all_faces=all_faces, batch_size=batch_size)
     if rec is None:
         rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
@@ -1114,7 +1114,7 @@ def run_batch(
     with DetectAhead(rec, items, wanted, keep_image=texture == "photo" or pose) as ahead, bar:
         task = bar.add_task("faces", total=len(items), rate="")
         # faces waiting for a batched encode: (item, face, crop, timing, image, features or None);
-        # the torch-free engine's workers encode each face themselves (facefit.lite)
+        # the torch-free engine's workers encode each face themselves (facefit.batch.lite)
         pending = []
 
         def flush():

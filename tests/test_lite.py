@@ -1,4 +1,4 @@
-"""The torch-free engine of plain reconstructions (facefit.lite): the same files as the torch
+"""The torch-free engine of plain reconstructions (facefit.batch.lite): the same files as the torch
 path within the documented tolerance, no torch in the main process, the torch path where a
 job needs it, and clear errors."""
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from facefit.errors import FacefitError
-from facefit.lite import lite_reason, load_lite, make_lite_reconstructor
+from facefit.batch.lite import lite_reason, load_lite, make_lite_reconstructor
 from facefit.reconstruction import run_batch
 
 from conftest import DEV, REPO
@@ -166,13 +166,13 @@ def test_onnx_encoder_matches_the_torch_network():
     from facefit.faces.chips import dlib_chip_of_face
     from facefit.faces.detection import detect_faces
     from facefit.faces.images import load_image
-    from facefit.lite import encode_chip, features_onnx_path
+    from facefit.batch.lite import encode_chip, features_onnx_path
     from facefit.recognition import get_net
 
-    from facefit.lite import _BLOCKS
+    from facefit.batch.lite import _BLOCKS
     from facefit.recognition.dlib_resnet import DLIB_BLOCKS
 
-    assert _BLOCKS == DLIB_BLOCKS  # (repeated in facefit.lite, which must not import torch)
+    assert _BLOCKS == DLIB_BLOCKS  # (repeated in facefit.batch.lite, which must not import torch)
     net = get_net("dlib")
     onnx = features_onnx_path()
     for person in ("Tony_Blair", "Halle_Berry"):
@@ -186,7 +186,7 @@ def test_onnx_encoder_matches_the_torch_network():
 
 
 def test_no_room_for_the_encoder_file_means_the_torch_path(tmp_path, monkeypatch, untrained_checkpoint):
-    import facefit.lite as lite
+    import facefit.batch.lite as lite
 
     def no_room(path, data):  # the cache folder takes nothing (read-only, full disk, ...)
         return None

@@ -2,7 +2,7 @@
 while the main process encodes, decodes and writes.
 
 * :mod:`facefit.batch.workers`: what a worker does (load, detect, crop; for the torch-free
-  engine of plain jobs, :mod:`facefit.lite`, also encode), without torch.
+  engine of plain jobs, :mod:`facefit.batch.lite`, also encode), without torch.
 * :mod:`facefit.batch.ahead`: :class:`DetectAhead`, the look-ahead that
   :func:`facefit.reconstruction.run_batch` asks for each input's faces, and
   :func:`prestart`, which the command line calls before it imports torch so that the

@@ -135,9 +135,9 @@ class DetectAhead:
         self.pool: Optional[ProcessPoolExecutor] = None
         self._futures: dict = {}
         self._next = 0
-        # the torch-free engine's encoder (facefit.lite) runs in the workers too
+        # the torch-free engine's encoder (facefit.batch.lite) runs in the workers too
         self.features_onnx = getattr(rec, "features_onnx", None)
-        from facefit.lite import LiteReconstructor
+        from facefit.batch.lite import LiteReconstructor
         from facefit.reconstruction import Reconstructor
 
         if type(rec).faces_of not in (Reconstructor.faces_of, LiteReconstructor.faces_of):

@@ -1,5 +1,5 @@
 """What a detection worker process does: load, detect and crop one input (no torch), and
-for the torch-free engine (:mod:`facefit.lite`) encode its crops.
+for the torch-free engine (:mod:`facefit.batch.lite`) encode its crops.
 
 Runs the same functions as :meth:`facefit.reconstruction.Reconstructor.faces_of`
 (:func:`facefit.faces.images.load_image`, :func:`facefit.faces.detection.detect_faces`
@@ -73,7 +73,7 @@ def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: 
     ``path``, ``label`` and ``image``: the item itself is not sent, as unpickling it would
     import :mod:`facefit.reconstruction` and torch).
 
-    With ``features_onnx`` (the torch-free engine's encoder, :mod:`facefit.lite`) each
+    With ``features_onnx`` (the torch-free engine's encoder, :mod:`facefit.batch.lite`) each
     crop is also encoded here: the list holds ``(face, crop, features)``.
 
     Returns:
@@ -96,7 +96,7 @@ def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: 
         crops = [(f, crop(image, f, net_crop, size)) for f in faces]
         t3 = time.perf_counter()
         if features_onnx is not None:
-            from facefit.lite import encode_chip
+            from facefit.batch.lite import encode_chip
 
             crops = [(f, c, encode_chip(features_onnx, c)) for f, c in crops]
         t4 = time.perf_counter()

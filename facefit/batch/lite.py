@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import FacefitError, ModelNotFoundError
+from ..errors import FacefitError, ModelNotFoundError
 
 #: environment variable: ``auto`` (default: this engine where it can run) or ``torch``
 ENV_ENGINE = "FACEFIT_ENGINE"
@@ -94,7 +94,7 @@ def _sha256(path: Path) -> str:
 
 
 def _lite_dir() -> Path:
-    from .cache import cache_dir
+    from ..cache import cache_dir
 
     return cache_dir("lite")
 
@@ -214,7 +214,7 @@ def features_onnx_path(dat: Optional[Path] = None) -> Path:
         raise ModelNotFoundError(f"dlib face-recognition weights not found: {dat}")
     path = _lite_dir() / f"dlib_resnet-{_sha256(dat)[:32]}-features-{_FORMAT}.onnx"
     if not path.is_file():
-        from .recognition.dlib_resnet import load_dlib_state  # imports torch: the first run only
+        from ..recognition.dlib_resnet import load_dlib_state  # imports torch: the first run only
 
         _save_atomic(path, build_features_onnx(load_dlib_state(dat)))
         if not path.is_file():
@@ -255,8 +255,8 @@ def _export_regressor(ckpt_path: Path, model) -> dict:
     """The decoder of a checkpoint as numpy arrays (imports torch: the first run only)."""
     import torch
 
-    from .reconstruction import checkpoint_info
-    from .regressor import decoder_from_checkpoint, load_checkpoint
+    from ..reconstruction import checkpoint_info
+    from ..regressor import decoder_from_checkpoint, load_checkpoint
 
     ck = load_checkpoint(ckpt_path, model=model)
     dec = decoder_from_checkpoint(ck, ckpt_path)
@@ -477,8 +477,8 @@ class LiteReconstructor:
     def mesh(self, shape: np.ndarray, color: np.ndarray, meta: dict):
         """The :class:`~facefit.mesh_io.FaceMesh` of one face, as
         :meth:`Reconstructor.mesh <facefit.reconstruction.Reconstructor.mesh>` makes it."""
-        from . import __version__
-        from .mesh_io import FaceMesh
+        from .. import __version__
+        from ..mesh_io import FaceMesh
 
         m = self.model
         s = np.asarray(shape, np.float32).reshape(1, -1)
@@ -499,7 +499,7 @@ class LiteReconstructor:
     def faces_of(self, item):
         """Load + detect + crop + encode one input (in this process): ``(image, [(face,
         crop, features)], timing)``."""
-        from .batch import workers
+        from . import workers
 
         status, payload = workers.faces_of(item.path, item.label, item.image, self.detector, self.all_faces,
                                            self.encoder.crop, self.encoder.input_size, True, self.features_onnx)
@@ -517,8 +517,8 @@ def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib",
         the errors :class:`facefit.reconstruction.Reconstructor` raises for a missing or
         bad checkpoint or model.
     """
-    from .model_io import resolve_model
-    from .reconstruction import default_checkpoint
+    from ..model_io import resolve_model
+    from ..reconstruction import default_checkpoint
 
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     if not ckpt.is_file():
