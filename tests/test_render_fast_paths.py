@@ -9,7 +9,6 @@
 * The visibility pass for every box grouping against a brute-force reference, the
   silhouette dilation against ``max_pool2d``, the lazily scattered dense fields.
 """
-import numpy as np
 import pytest
 import torch
 
@@ -34,6 +33,7 @@ from facefit.render.rasterize import (
 )
 from facefit.render.renderer import _background, _per_pixel_rows
 from facefit.render.shading import _phong_fast, _phong_soa
+from test_render_rasterize import _reference_face_ids  # the brute-force visibility reference
 
 
 def _head_like(dtype=torch.float64):
@@ -213,26 +213,8 @@ def test_fused_barycentrics_equal_autograd_of_the_same_formula():
 
 
 def _brute_force_ids(screen, faces, H, W, cull=True):
-    s = screen.numpy().astype(np.float64)
-    B = s.shape[0]
-    out = -np.ones((B, H, W), dtype=np.int64)
-    jj, ii = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
-    for bi in range(B):
-        zbest = np.full((H, W), np.inf)
-        for fi, (a, b, c) in enumerate(faces.tolist()):
-            (u0, v0, z0), (u1, v1, z1), (u2, v2, z2) = s[bi, a], s[bi, b], s[bi, c]
-            area2 = (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0)
-            if abs(area2) < 1e-12 or (cull and area2 >= 0) or min(z0, z1, z2) <= 1e-3:
-                continue
-            b0 = ((u1 - jj) * (v2 - ii) - (u2 - jj) * (v1 - ii)) / area2
-            b1 = ((u2 - jj) * (v0 - ii) - (u0 - jj) * (v2 - ii)) / area2
-            b2 = 1 - b0 - b1
-            inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
-            z = 1.0 / (b0 / z0 + b1 / z1 + b2 / z2)
-            upd = inside & (z < zbest)
-            out[bi][upd] = fi
-            zbest[upd] = z[upd]
-    return torch.from_numpy(out)
+    """The brute-force reference of test_render_rasterize, image by image: (B, H, W)."""
+    return torch.stack([_reference_face_ids(screen[b:b + 1], faces, H, W, cull) for b in range(screen.shape[0])])
 
 
 @pytest.mark.parametrize("cull", [True, False])
