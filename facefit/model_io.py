@@ -17,13 +17,13 @@ importing or auto-loading the same ICT-FaceKit ZIP a second time takes well unde
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
 from pathlib import Path
 from typing import Any
 
+from facefit.cache import file_sha256
 from facefit.errors import FacefitError, InvalidFileError, ModelNotFoundError
 from facefit.morphable import MorphableModel
 
@@ -540,14 +540,6 @@ def _albedo_provenance(model: MorphableModel) -> dict[str, Any]:
 # --------------------------------------------------------------------------- fetch
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_ict_archive(path: str | os.PathLike) -> str:
     """Check a downloaded ICT-FaceKit archive against the pinned checksums.
 
@@ -563,7 +555,7 @@ def verify_ict_archive(path: str | os.PathLike) -> str:
     from facefit.loaders.ict import IctSource, content_digest
 
     path = Path(path)
-    if _sha256_file(path) == ICT_ARCHIVE_SHA256:
+    if file_sha256(path) == ICT_ARCHIVE_SHA256:
         return "archive"
     try:
         with IctSource(path) as src:

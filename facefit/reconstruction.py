@@ -306,6 +306,29 @@ def default_checkpoint() -> Path:
     )
 
 
+def checkpoint_and_model(checkpoint=None, model=None) -> tuple[Path, Any]:
+    """The regressor file (``checkpoint`` or :func:`default_checkpoint`) and its morphable
+    model (``model``: an object, a name or path, or None for the default), for both
+    inference engines (torch and :mod:`facefit.batch.lite`); imports no torch.
+
+    Raises:
+        ModelNotFoundError: no such checkpoint, or its morphable model is missing.
+    """
+    from .model_io import resolve_model
+
+    ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
+    if not ckpt.is_file():
+        raise ModelNotFoundError(f"{ckpt}: no such checkpoint")
+    if model is None or isinstance(model, (str, os.PathLike)):
+        try:
+            model = resolve_model(model)
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(
+                f"the regressor {ckpt.name} needs its morphable model, which is missing: {e}"
+            ) from None
+    return ckpt, model
+
+
 def checkpoint_info(path: str | os.PathLike, checkpoint: Mapping[str, Any] | None = None) -> dict:
     """Which regressor a checkpoint file is, for provenance records.
 
@@ -319,7 +342,7 @@ def checkpoint_info(path: str | os.PathLike, checkpoint: Mapping[str, Any] | Non
         or a training checkpoint's ``step``; None when unknown) and ``regressor_format``
         (the checkpoint format number; None when unreadable).
     """
-    from facefit.recognition.base import file_sha256
+    from facefit.cache import file_sha256
 
     path = Path(path)
     info = {"regressor": path.name, "regressor_sha256": file_sha256(path)[:16],
@@ -371,20 +394,10 @@ class Reconstructor:
                  blendshapes: bool = False, pose: bool = False):
         import torch
 
-        from .model_io import resolve_model
         from .regressor import Regressor
 
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
-        if not ckpt.is_file():
-            raise ModelNotFoundError(f"{ckpt}: no such checkpoint")
-        if model is None or isinstance(model, (str, os.PathLike)):
-            try:
-                model = resolve_model(model)
-            except ModelNotFoundError as e:
-                raise ModelNotFoundError(
-                    f"the regressor {ckpt.name} needs its morphable model, which is missing: {e}"
-                ) from None
+        ckpt, model = checkpoint_and_model(checkpoint, model)
         self.model = model
         self.regressor = Regressor.from_checkpoint(ckpt, model=model, device=self.device)
         self.regressor.eval()

@@ -188,11 +188,11 @@ def test_onnx_encoder_matches_the_torch_network():
 def test_no_room_for_the_encoder_file_means_the_torch_path(tmp_path, monkeypatch, untrained_checkpoint):
     import facefit.batch.lite as lite
 
-    def no_room(path, data):  # the cache folder takes nothing (read-only, full disk, ...)
+    def no_room(path, write):  # the cache folder takes nothing (read-only, full disk, ...)
         return None
 
     monkeypatch.setenv("FACEFIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lite, "_save_atomic", no_room)
+    monkeypatch.setattr(lite, "atomic_write_bytes", no_room)
     assert make_lite_reconstructor(untrained_checkpoint) is None
     monkeypatch.setenv("FACEFIT_WORKERS", "0")
     s = run_batch([sorted((DEV / "Tony_Blair").glob("*.jpg"))[0]], tmp_path / "face.obj",

@@ -28,7 +28,6 @@ which process encoded it or on what else was in the job.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..cache import atomic_write_bytes, file_sha256
 from ..errors import FacefitError, ModelNotFoundError
 
 #: environment variable: ``auto`` (default: this engine where it can run) or ``torch``
@@ -85,32 +85,10 @@ def lite_reason(*, refine: int = 0, render: bool = False, fuse: bool = False, te
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _lite_dir() -> Path:
     from ..cache import cache_dir
 
     return cache_dir("lite")
-
-
-def _save_atomic(path: Path, data: bytes) -> None:
-    """Write a cache file so that readers never see half of it (errors: not cached)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- encoder
@@ -212,11 +190,12 @@ def features_onnx_path(dat: Optional[Path] = None) -> Path:
         dat = Path(face_recognition_models.face_recognition_model_location())
     if not dat.is_file():
         raise ModelNotFoundError(f"dlib face-recognition weights not found: {dat}")
-    path = _lite_dir() / f"dlib_resnet-{_sha256(dat)[:32]}-features-{_FORMAT}.onnx"
+    path = _lite_dir() / f"dlib_resnet-{file_sha256(dat)[:32]}-features-{_FORMAT}.onnx"
     if not path.is_file():
         from ..recognition.dlib_resnet import load_dlib_state  # imports torch: the first run only
 
-        _save_atomic(path, build_features_onnx(load_dlib_state(dat)))
+        onnx = build_features_onnx(load_dlib_state(dat))
+        atomic_write_bytes(path, lambda tmp: tmp.write_bytes(onnx))
         if not path.is_file():
             raise CacheUnavailable(f"cannot write {path}")
     return path
@@ -346,12 +325,13 @@ def load_lite(ckpt_path: Path, model) -> Optional[LiteRegressor]:
         what :func:`facefit.regressor.load_checkpoint` raises for a bad checkpoint, and
         :class:`~facefit.errors.FacefitError` for one of another morphable model.
     """
-    sha = _sha256(ckpt_path)
+    sha = file_sha256(ckpt_path)
     cache = _lite_dir() / f"regressor-{sha[:32]}.npz"
     reg = _unpack(cache) if cache.is_file() else None
     if reg is None:
         reg = _export_regressor(ckpt_path, model)
-        _save_atomic(cache, _pack(reg))
+        packed = _pack(reg)
+        atomic_write_bytes(cache, lambda tmp: tmp.write_bytes(packed))
     lite = LiteRegressor(reg, sha[:16], ckpt_path.name)
     if lite.encoder != "dlib":
         return None
@@ -517,17 +497,9 @@ def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib",
         the errors :class:`facefit.reconstruction.Reconstructor` raises for a missing or
         bad checkpoint or model.
     """
-    from ..model_io import resolve_model
-    from ..reconstruction import default_checkpoint
+    from ..reconstruction import checkpoint_and_model
 
-    ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
-    if not ckpt.is_file():
-        raise ModelNotFoundError(f"{ckpt}: no such checkpoint")
-    if model is None or isinstance(model, (str, os.PathLike)):
-        try:
-            model = resolve_model(model)
-        except ModelNotFoundError as e:
-            raise ModelNotFoundError(f"the regressor {ckpt.name} needs its morphable model, which is missing: {e}") from None
+    ckpt, model = checkpoint_and_model(checkpoint, model)
     try:
         lite = load_lite(ckpt, model)
         onnx_path = features_onnx_path() if lite is not None else None

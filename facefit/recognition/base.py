@@ -15,10 +15,7 @@ dtype. The cast is differentiable, so gradients reach float64 inputs too.
 from __future__ import annotations
 
 import abc
-import hashlib
 import itertools
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,31 +32,7 @@ from torch import nn
 CROPS = ("dlib_chip", "facenet_160", "arcface_112")
 
 
-from facefit.cache import cache_dir  # noqa: E402  (re-exported: parsed/repaired weights live there)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Create ``path`` by calling ``write(tmp_path)`` and renaming, so readers never see
-    a half-written file. Errors (e.g. a read-only cache) are swallowed: caching is an
-    optimisation only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+from facefit.cache import atomic_write_bytes, cache_dir, file_sha256  # noqa: E402,F401  (re-exported: parsed/repaired weights live there)
 
 
 def check_images(images: torch.Tensor, size: int, who: str) -> None:
