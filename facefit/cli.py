@@ -231,7 +231,7 @@ def reconstruct_cmd(
         from .batch import prestart
         from .batch.lite import lite_reason
 
-        plain = lite_reason(refine=refine, render=render, texture=None if texture == "model" else texture, head=head,
+        plain = lite_reason(refine=refine, render=render, texture=texture, head=head,
                             blendshapes=blendshapes, pose=pose, device=device) is None
         prestart(inputs, detector, preload=plain)
     from rich.console import Console
