@@ -47,6 +47,7 @@ __all__ = [
     "Decoder",
     "Regressor",
     "encode",
+    "blend_decoders",
     "save_checkpoint",
     "load_checkpoint",
     "check_model_match",
@@ -410,3 +411,57 @@ def decoder_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike = "
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidFileError(f"{path}: decoder weights do not match their configuration ({msg[:200]})") from exc
     return dec
+
+
+@torch.no_grad()
+def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: float = 1.0) -> Decoder:
+    """One :class:`Decoder` whose shape is a blend of two decoders' shapes.
+
+    The result predicts ``shape = alpha * shape_from(x) + (1 - alpha) * rest_from(x)`` and
+    ``color = rest_from(x)`` exactly (up to float rounding): its one hidden layer is the two
+    decoders' hidden layers side by side (``rest_from``'s first layer re-expressed on
+    ``shape_from``'s input normalisation) and its last layer is block-structured. It is an
+    ordinary decoder, so it saves, loads and runs (also in the torch-free engine) like any
+    other. Used to measure the trade-off between a geometry-trained decoder (stage 1: exact
+    synthetic coefficients) and an identity-trained one (stage 2), see ``docs/training.md``.
+
+    Args:
+        shape_from, rest_from: decoders with one hidden layer each, the same input size
+            and the same numbers of shape and colour coefficients.
+        alpha: weight of ``shape_from``'s shape (0: ``rest_from`` unchanged, 1: its shape
+            replaced).
+    Returns:
+        a new Decoder with hidden size ``h_shape_from + h_rest_from``.
+    Raises:
+        ValueError: the decoders do not fit together.
+    """
+    A, B = shape_from, rest_from
+    if len(A.hidden) != 1 or len(B.hidden) != 1:
+        raise ValueError("blend_decoders needs decoders with exactly one hidden layer")
+    if (A.in_dim, A.n_shape, A.n_color) != (B.in_dim, B.n_shape, B.n_color):
+        raise ValueError(
+            f"decoders do not fit together: in/shape/colour sizes {(A.in_dim, A.n_shape, A.n_color)} "
+            f"vs {(B.in_dim, B.n_shape, B.n_color)}"
+        )
+    a = float(alpha)
+    hA, hB, ks = A.hidden[0], B.hidden[0], A.n_shape
+    out = Decoder(A.in_dim, A.n_shape, A.n_color, hidden=[hA + hB])
+    out.input_mean.copy_(A.input_mean)
+    out.input_std.copy_(A.input_std)
+    WA, bA = A.body[0].weight, A.body[0].bias
+    WB, bB = B.body[0].weight, B.body[0].bias
+    # W_b (x - m_b) / s_b = (W_b s_a / s_b) (x - m_a) / s_a + W_b (m_a - m_b) / s_b
+    WB2 = WB * (A.input_std / B.input_std)[None, :]
+    bB2 = bB + WB @ ((A.input_mean - B.input_mean) / B.input_std)
+    out.body[0].weight.copy_(torch.cat([WA, WB2]))
+    out.body[0].bias.copy_(torch.cat([bA, bB2]))
+    H = torch.zeros_like(out.head.weight)
+    bias = torch.zeros_like(out.head.bias)
+    H[:ks, :hA] = a * A.head.weight[:ks]
+    H[:ks, hA:] = (1.0 - a) * B.head.weight[:ks]
+    bias[:ks] = a * A.head.bias[:ks] + (1.0 - a) * B.head.bias[:ks]
+    H[ks:, hA:] = B.head.weight[ks:]
+    bias[ks:] = B.head.bias[ks:]
+    out.head.weight.copy_(H)
+    out.head.bias.copy_(bias)
+    return out

@@ -214,3 +214,52 @@ def test_from_checkpoint_rebuilds_encoder(tmp_path, monkeypatch):
             Regressor.from_checkpoint(path, model=tiny_model(5))
     finally:
         recognition.unregister_net("fake-test")
+
+
+def test_blend_decoders_is_exact_and_validates():
+    from facefit.regressor import blend_decoders
+
+    torch.manual_seed(0)
+    A = Decoder(12, 5, 3, hidden=[7], init_scale=0.3)
+    B = Decoder(12, 5, 3, hidden=[9], init_scale=0.3)
+    A.set_input_stats(torch.randn(50, 12) * 3 + 1)
+    B.set_input_stats(torch.randn(50, 12) * 0.5 - 2)
+    x = torch.randn(20, 12) * 2
+    with torch.no_grad():
+        sa, ca = A(x)
+        sb, cb = B(x)
+        for alpha in (0.0, 0.3, 1.0):
+            s, c = blend_decoders(A, B, alpha)(x)
+            assert torch.allclose(s, alpha * sa + (1 - alpha) * sb, atol=1e-5)
+            assert torch.allclose(c, cb, atol=1e-5)
+    assert blend_decoders(A, B).config["hidden"] == [16]
+    with pytest.raises(ValueError, match="fit together"):
+        blend_decoders(A, Decoder(12, 4, 3, hidden=[7]))
+    with pytest.raises(ValueError, match="one hidden layer"):
+        blend_decoders(Decoder(12, 5, 3, hidden=[4, 4]), B)
+
+
+def test_blend_script_writes_a_loadable_checkpoint_and_refuses_mismatches(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from facefit.regressor import load_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    torch.manual_seed(1)
+    a, b = Decoder(6, 4, 2, hidden=[5], init_scale=0.2), Decoder(6, 4, 2, hidden=[3], init_scale=0.2)
+    save_checkpoint(make_checkpoint(a, "dlib", "h1", "m"), tmp_path / "a.pt")
+    save_checkpoint(make_checkpoint(b, "dlib", "h1", "m", config={"lr": 0.001}), tmp_path / "b.pt")
+    save_checkpoint(make_checkpoint(a, "facenet", "h1", "m"), tmp_path / "c.pt")
+    script = str(root / "scripts" / "blend_decoders.py")
+    r = subprocess.run([sys.executable, script, str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--alpha", "0.5",
+                        "-o", str(tmp_path / "out.pt")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ck = load_checkpoint(tmp_path / "out.pt")
+    assert ck["decoder_config"]["hidden"] == [8] and ck["config"] == {"lr": 0.001}
+    assert ck["meta"]["blend"]["alpha"] == 0.5 and ck["meta"]["blend"]["shape_from"] == "a.pt"
+    r = subprocess.run([sys.executable, script, str(tmp_path / "c.pt"), str(tmp_path / "b.pt"), "--alpha", "0.5",
+                        "-o", str(tmp_path / "bad.pt")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.pt").exists()

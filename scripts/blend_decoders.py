@@ -1,0 +1,56 @@
+"""Blend two regressor checkpoints: shape = ALPHA x SHAPE_FROM + (1 - ALPHA) x REST_FROM, colour = REST_FROM.
+
+    python scripts/blend_decoders.py SHAPE_FROM.pt REST_FROM.pt --alpha 0.25 -o OUT.pt
+
+Both checkpoints must use the same encoder and morphable model and one hidden layer each
+(:func:`facefit.regressor.blend_decoders`). OUT keeps REST_FROM's training configuration and
+records both sources and ALPHA in ``meta["blend"]``. How the shipped regressor was made
+this way: ``models/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from facefit.errors import FacefitError  # noqa: E402
+from facefit.regressor import (  # noqa: E402
+    blend_decoders, decoder_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint,
+)
+from facefit.cache import file_sha256  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("shape_from", type=Path)
+    ap.add_argument("rest_from", type=Path)
+    ap.add_argument("--alpha", type=float, required=True)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    a = ap.parse_args()
+    try:
+        if not 0.0 <= a.alpha <= 1.0:
+            raise FacefitError(f"--alpha must be in [0, 1], got {a.alpha}")
+        rest = load_checkpoint(a.rest_from)
+        shape = load_checkpoint(a.shape_from)
+        if shape["encoder"] != rest["encoder"] or shape["model_hash"] != rest["model_hash"]:
+            raise FacefitError("the two checkpoints use different encoders or morphable models")
+        try:
+            dec = blend_decoders(decoder_from_checkpoint(shape, a.shape_from), decoder_from_checkpoint(rest, a.rest_from), a.alpha)
+        except ValueError as exc:
+            raise FacefitError(str(exc)) from exc
+        extra = {k: v for k, v in rest.items() if k == "config"}
+        ck = make_checkpoint(dec, rest["encoder"], rest["model_hash"], rest.get("model_name", ""), **extra)
+        ck["meta"]["blend"] = {"alpha": a.alpha, "shape_from": a.shape_from.name, "shape_from_sha256": file_sha256(a.shape_from),
+                               "rest_from": a.rest_from.name, "rest_from_sha256": file_sha256(a.rest_from)}
+        save_checkpoint(ck, a.out)
+    except FacefitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
