@@ -36,33 +36,24 @@ from facefit.evaluation.geometry import evaluate_geometry  # noqa: E402
 from facefit.evaluation.synthetic import SyntheticEvalConfig, _fallback_face, make_synthetic_faces  # noqa: E402
 from facefit.faces.alignment import crop_for_net  # noqa: E402
 from facefit.faces.detection import detect_faces  # noqa: E402
-from facefit.losses import default_param_weights  # noqa: E402
+from facefit.losses import default_param_weights, param_loss  # noqa: E402
 from facefit.model_io import resolve_model  # noqa: E402
 from facefit.recognition import get_net  # noqa: E402
 from facefit.regressor import Decoder, decoder_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
-from facefit.synthetic import SyntheticSettings, synthetic_batch  # noqa: E402
-from facefit.training import TrainConfig  # noqa: E402
+from facefit.synthetic import synthetic_batch  # noqa: E402
+from facefit.training import TrainConfig, synthetic_settings  # noqa: E402
 
 NETS = ("dlib", "facenet")
 BATCH = 32
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def stage1_settings(net) -> SyntheticSettings:
-    c = TrainConfig()
-    return SyntheticSettings(
-        render_size=c.render_size, crop=net.crop, crop_size=net.input_size, crop_fill=c.crop_fill, fov_deg=c.fov_deg,
-        yaw_range=tuple(c.yaw_range), pitch_range=tuple(c.pitch_range), roll_range=tuple(c.roll_range),
-        temperature_range=tuple(c.temperature_range), expr_scale=c.expr_scale, expr_prob=c.expr_prob,
-        fill_holes=c.fill_holes,
-    )
-
-
 def build_bank(model, folder: Path, batches: int, seed: int = 1) -> dict[str, torch.Tensor]:
     """Features of ``batches * 32`` synthetic faces (resumable, one file per batch)."""
     folder.mkdir(parents=True, exist_ok=True)
     nets = {n: get_net(n) for n in NETS}
-    sets = {n: stage1_settings(net) for n, net in nets.items()}
+    cfg = TrainConfig()
+    sets = {n: synthetic_settings(cfg, net) for n, net in nets.items()}
     t0 = time.time()
     for i in range(batches):
         f = folder / f"b{seed:03d}_{i:05d}.pt"
@@ -129,7 +120,7 @@ def fit_decoder(feats, S, C, w_s, w_c, hidden=512, epochs=30, lr=1e-3, batch=256
             for grp in opt.param_groups:
                 grp["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / total)))
             s, c = d(feats[idx])
-            loss = w_s * (s - S[idx]).pow(2).sum(1).mean() + w_c * (c - C[idx]).pow(2).sum(1).mean()
+            loss = param_loss(s, S[idx], c, C[idx], w_s, w_c)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -74,6 +74,7 @@ __all__ = [
     "read_log",
     "export_checkpoint",
     "Trainer",
+    "synthetic_settings",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -493,6 +494,24 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
 # reproducible randomness
 
 
+def synthetic_settings(cfg: TrainConfig, net) -> SyntheticSettings:
+    """How a run renders its synthetic faces: ``cfg``'s ranges, framed for ``net``'s crop."""
+    return SyntheticSettings(
+        render_size=cfg.render_size,
+        crop=net.crop,
+        crop_size=net.input_size,
+        crop_fill=cfg.crop_fill,
+        fov_deg=cfg.fov_deg,
+        yaw_range=tuple(cfg.yaw_range),
+        pitch_range=tuple(cfg.pitch_range),
+        roll_range=tuple(cfg.roll_range),
+        temperature_range=tuple(cfg.temperature_range),
+        expr_scale=cfg.expr_scale,
+        expr_prob=cfg.expr_prob,
+        fill_holes=cfg.fill_holes,
+    )
+
+
 def step_generator(seed: int, step: int, rank: int, purpose: str) -> torch.Generator:
     """A CPU generator seeded by ``(seed, step, rank, purpose)`` (independent streams)."""
     h = hashlib.sha256(f"facefit/{int(seed)}/{int(step)}/{int(rank)}/{purpose}".encode()).digest()
@@ -902,20 +921,7 @@ class Trainer:
             {n: (self.net if n == cfg.encoder else id_nets.nets[n]) for n in cfg.identity_nets},
             normalise=cfg.identity_norm == "scale",
         )
-        self.syn_settings = SyntheticSettings(
-            render_size=cfg.render_size,
-            crop=self.net.crop,
-            crop_size=self.net.input_size,
-            crop_fill=cfg.crop_fill,
-            fov_deg=cfg.fov_deg,
-            yaw_range=tuple(cfg.yaw_range),
-            pitch_range=tuple(cfg.pitch_range),
-            roll_range=tuple(cfg.roll_range),
-            temperature_range=tuple(cfg.temperature_range),
-            expr_scale=cfg.expr_scale,
-            expr_prob=cfg.expr_prob,
-            fill_holes=cfg.fill_holes,
-        )
+        self.syn_settings = synthetic_settings(cfg, self.net)
         self.view_settings = dataclasses.replace(
             self.syn_settings,
             yaw_range=tuple(cfg.view_yaw_range),

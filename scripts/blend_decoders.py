@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from facefit.cache import file_sha256  # noqa: E402
 from facefit.errors import FacefitError  # noqa: E402
 from facefit.regressor import (  # noqa: E402
     blend_decoders, decoder_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint,
 )
-from facefit.cache import file_sha256  # noqa: E402
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
             dec = blend_decoders(decoder_from_checkpoint(shape, a.shape_from), decoder_from_checkpoint(rest, a.rest_from), a.alpha)
         except ValueError as exc:
             raise FacefitError(str(exc)) from exc
-        extra = {k: v for k, v in rest.items() if k == "config"}
+        extra = {"config": rest["config"]} if "config" in rest else {}
         ck = make_checkpoint(dec, rest["encoder"], rest["model_hash"], rest.get("model_name", ""), **extra)
         ck["meta"]["blend"] = {"alpha": a.alpha, "shape_from": a.shape_from.name, "shape_from_sha256": file_sha256(a.shape_from),
                                "rest_from": a.rest_from.name, "rest_from_sha256": file_sha256(a.rest_from)}
