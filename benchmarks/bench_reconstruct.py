@@ -2,7 +2,7 @@
 command line as a user runs it, against an older facefit measured in the same run.
 
 Library path (always; the engine ``run_batch`` picks, ``FACEFIT_ENGINE=torch`` for the
-torch path): the real batch job (``facefit.reconstruction.run_batch``: load,
+torch path): the real batch job (``facefit.batch.job.run_batch``: load,
 detect, align, encode, decode, write OBJ + MTL + texture + manifest) over a folder (default
 ../shared/data/faces-dev), photos/s over all inputs and over the successful ones, the mean
 time per face of each stage, and the encoder + decoder time per face on a batch.
@@ -72,7 +72,7 @@ def _reconstructor(checkpoint, engine: str):
 
 def library_path(folder: str, checkpoint, threads: int, fmt: str) -> dict:
     from facefit.batch.lite import engine_setting
-    from facefit.reconstruction import run_batch
+    from facefit.batch.job import run_batch
 
     engine = "torch" if engine_setting() == "torch" else "lite"
     if engine == "torch":

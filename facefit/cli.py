@@ -237,7 +237,7 @@ def reconstruct_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from .reconstruction import run_batch
+    from .batch.job import run_batch
 
     if texture not in ("model", "photo"):
         raise FacefitError(f"--texture must be 'model' or 'photo', not '{texture}'")

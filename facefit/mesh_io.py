@@ -289,6 +289,9 @@ def _format_rows(fmt: str, rows: np.ndarray) -> str:
 
 
 _BACKGROUND: list = []
+# a forked child (a batch worker that writes files) inherits the list but not the thread
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_BACKGROUND.clear)
 
 
 def _background():

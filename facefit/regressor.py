@@ -414,7 +414,7 @@ def decoder_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike = "
 
 
 @torch.no_grad()
-def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: float = 1.0) -> Decoder:
+def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: "float | Sequence[float] | torch.Tensor" = 1.0) -> Decoder:
     """One :class:`Decoder` whose shape is a blend of two decoders' shapes.
 
     The result predicts ``shape = alpha * shape_from(x) + (1 - alpha) * rest_from(x)`` and
@@ -429,7 +429,8 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: float = 1.0) 
         shape_from, rest_from: decoders with one hidden layer each, the same input size
             and the same numbers of shape and colour coefficients.
         alpha: weight of ``shape_from``'s shape (0: ``rest_from`` unchanged, 1: its shape
-            replaced).
+            replaced): one number, or one per shape coefficient (``(Ks,)``) to blend each
+            component with its own weight.
     Returns:
         a new Decoder with hidden size ``h_shape_from + h_rest_from``.
     Raises:
@@ -443,8 +444,13 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: float = 1.0) 
             f"decoders do not fit together: in/shape/colour sizes {(A.in_dim, A.n_shape, A.n_color)} "
             f"vs {(B.in_dim, B.n_shape, B.n_color)}"
         )
-    a = float(alpha)
     hA, hB, ks = A.hidden[0], B.hidden[0], A.n_shape
+    a = torch.as_tensor(alpha, dtype=A.head.weight.dtype).detach().reshape(-1)
+    if a.numel() not in (1, ks):
+        raise ValueError(f"alpha needs one value or one per shape coefficient ({ks}), got {a.numel()}")
+    if not bool(((a >= 0) & (a <= 1)).all()):
+        raise ValueError("alpha must lie in [0, 1]")
+    a = a.expand(ks)
     out = Decoder(A.in_dim, A.n_shape, A.n_color, hidden=[hA + hB])
     out.input_mean.copy_(A.input_mean)
     out.input_std.copy_(A.input_std)
@@ -457,8 +463,8 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: float = 1.0) 
     out.body[0].bias.copy_(torch.cat([bA, bB2]))
     H = torch.zeros_like(out.head.weight)
     bias = torch.zeros_like(out.head.bias)
-    H[:ks, :hA] = a * A.head.weight[:ks]
-    H[:ks, hA:] = (1.0 - a) * B.head.weight[:ks]
+    H[:ks, :hA] = a[:, None] * A.head.weight[:ks]
+    H[:ks, hA:] = (1.0 - a)[:, None] * B.head.weight[:ks]
     bias[:ks] = a * A.head.bias[:ks] + (1.0 - a) * B.head.bias[:ks]
     H[ks:, hA:] = B.head.weight[ks:]
     bias[ks:] = B.head.bias[ks:]

@@ -181,3 +181,69 @@ def test_pyramid_down_in_uint16_is_exact():
     for img in (rng.integers(0, 256, (91, 64, 3), dtype=np.uint8), np.full((40, 33, 3), 255, np.uint8),
                 rng.choice(np.array([0, 255], np.uint8), (50, 50, 3))):
         assert np.array_equal(_pyramid_down(img), int32_reference(img))
+
+
+def test_two_workers_write_the_files_and_failures_stay_all_or_nothing(untrained_checkpoint, tmp_path, monkeypatch):
+    """With two or more workers the files are written in the workers (not in this process);
+    a face whose files cannot be written is reported as in one process, with none of its
+    files left behind, and the manifest keeps input order."""
+    import facefit.batch.job as recmod
+
+    src = _folder(tmp_path)
+    log = tmp_path / "writers.txt"
+    real = recmod.write_outputs
+
+    def logged(r, paths, *a, **kw):  # forked workers inherit this patch
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(r, paths, *a, **kw)
+
+    monkeypatch.setattr(recmod, "write_outputs", logged)
+    results = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        (out / "Halle_Berry_0.obj").mkdir(parents=True)  # in the way of one face's mesh
+        log.write_text("")
+        s, m = _run(src, out, untrained_checkpoint, workers, monkeypatch)
+        pids = {int(p) for p in log.read_text().split()}
+        results[workers] = (s, m, out)
+        if workers == 0:
+            assert pids == {os.getpid()}
+        else:
+            assert pids and os.getpid() not in pids  # every face written by a worker
+        assert (s.processed, s.failed) == (5, 3)
+        bad = [e for e in m if e["input"].endswith("Halle_Berry_0.jpg")]
+        assert len(bad) == 1 and bad[0]["status"] == "error" and "Halle_Berry_0.obj" in bad[0]["error"]
+        left = sorted(p.name for p in out.iterdir() if p.name.startswith("Halle_Berry_0"))
+        assert left == ["Halle_Berry_0.obj"]  # the blocking folder only: no .json, .mtl or texture
+        assert not any(".tmp" in p.name for p in out.rglob("*"))
+
+    (s0, m0, o0), (s2, m2, o2) = results[0], results[2]
+    strip = [[(e["input"], e["status"], e.get("error", "").replace(str(o), "OUT"),
+               [x.replace(str(o), "OUT") for x in e.get("outputs", [])]) for e in m] for m, o in ((m0, o0), (m2, o2))]
+    assert strip[0] == strip[1]
+    assert all("write" in e["timing"] for e in m2 if e["status"] == "ok")
+
+
+def test_a_forked_child_writes_textured_objs(tmp_path, default_model):
+    """The PNG helper thread of a process does not exist in a child forked from it: the
+    child makes its own (else its first textured OBJ would wait forever)."""
+    from facefit.mesh_io import FaceMesh, save_mesh
+
+    m = default_model
+    mesh = FaceMesh(m.mean_shape, m.triangles, colors=m.mean_color, uv=m.uv, uv_triangles=m.uv_triangles)
+    save_mesh(mesh, tmp_path / "parent.obj")  # starts this process's helper thread
+    pid = os.fork()
+    if pid == 0:  # child: write, then leave without running pytest's teardown
+        code = 1
+        try:
+            import signal
+
+            signal.alarm(60)
+            save_mesh(mesh, tmp_path / "child.obj")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "child_texture.png").read_bytes() == (tmp_path / "parent_texture.png").read_bytes()

@@ -232,7 +232,15 @@ def test_blend_decoders_is_exact_and_validates():
             s, c = blend_decoders(A, B, alpha)(x)
             assert torch.allclose(s, alpha * sa + (1 - alpha) * sb, atol=1e-5)
             assert torch.allclose(c, cb, atol=1e-5)
+        per = torch.tensor([0.0, 1.0, 0.25, 0.5, 0.9])  # one weight per shape coefficient
+        s, c = blend_decoders(A, B, per)(x)
+        assert torch.allclose(s, per * sa + (1 - per) * sb, atol=1e-5)
+        assert torch.allclose(c, cb, atol=1e-5)
     assert blend_decoders(A, B).config["hidden"] == [16]
+    with pytest.raises(ValueError, match="one per shape coefficient"):
+        blend_decoders(A, B, [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blend_decoders(A, B, 1.5)
     with pytest.raises(ValueError, match="fit together"):
         blend_decoders(A, Decoder(12, 4, 3, hidden=[7]))
     with pytest.raises(ValueError, match="one hidden layer"):
@@ -263,3 +271,22 @@ def test_blend_script_writes_a_loadable_checkpoint_and_refuses_mismatches(tmp_pa
                         "-o", str(tmp_path / "bad.pt")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.pt").exists()
+    # per-component weights: coefficient 0 all from a, 2-3 all from b, the rest half and half
+    r = subprocess.run([sys.executable, script, str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--alpha", "0.5",
+                        "--component-alpha", "0=1", "--component-alpha", "2-3=0", "-o", str(tmp_path / "per.pt")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from facefit.regressor import decoder_from_checkpoint
+
+    per = decoder_from_checkpoint(load_checkpoint(tmp_path / "per.pt"))
+    x = torch.randn(7, 6)
+    with torch.no_grad():
+        (s, _), (sa, _), (sb, _) = per(x), a(x), b(x)
+    w = torch.tensor([1.0, 0.5, 0.0, 0.0])
+    assert torch.allclose(s, w * sa + (1 - w) * sb, atol=1e-5)
+    assert load_checkpoint(tmp_path / "per.pt")["meta"]["blend"]["component_alpha"] == ["0=1", "2-3=0"]
+    for bad in ("7=0.5", "x=1", "1=2"):
+        r = subprocess.run([sys.executable, script, str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--alpha", "0.5",
+                            "--component-alpha", bad, "-o", str(tmp_path / "bad.pt")], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, bad
+        assert not (tmp_path / "bad.pt").exists()

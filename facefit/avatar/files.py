@@ -12,7 +12,7 @@ from typing import Optional
 
 __all__ = ["AVATAR_KEYS", "avatar_paths", "avatar_files", "write_avatar_outputs"]
 
-#: keys of these outputs in :func:`facefit.reconstruction.output_paths`
+#: keys of these outputs in :func:`facefit.batch.job.output_paths`
 AVATAR_KEYS = ("posed", "overlay", "track_csv", "track_glb")
 
 
@@ -45,7 +45,7 @@ def write_avatar_outputs(r, paths: dict, model, units: Optional[str] = None) -> 
     """Write the pose / track outputs of reconstruction ``r`` that ``paths`` names.
 
     Nothing is written for a face whose pose fit failed (``r.pose`` None); the caller
-    (:func:`facefit.reconstruction.write_outputs`) removes what was written if a later file fails.
+    (:func:`facefit.batch.job.write_outputs`) removes what was written if a later file fails.
     """
     from facefit.mesh_io import save_mesh
 

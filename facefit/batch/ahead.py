@@ -1,7 +1,7 @@
 """Detection ahead of the encoder: a pool of worker processes that load, detect and crop
 the next inputs while the main process encodes and writes the current ones.
 
-:func:`facefit.reconstruction.run_batch` asks :meth:`DetectAhead.faces_of` for each
+:func:`facefit.batch.job.run_batch` asks :meth:`DetectAhead.faces_of` for each
 input's faces, in input order. The pool keeps up to ``window`` inputs in flight beyond the
 one asked for, skipping inputs ``wanted`` says no to (``skip_existing``). A result comes
 back exactly as :meth:`~facefit.reconstruction.Reconstructor.faces_of` would give it (its
@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Optional, Sequence
 
@@ -70,7 +70,7 @@ def _new_pool(detector: str, n: int) -> ProcessPoolExecutor:
 
 
 def prestart(inputs: Sequence, detector: str = "dlib", preload: bool = False) -> None:
-    """Start detection workers for a coming :func:`~facefit.reconstruction.run_batch` of
+    """Start detection workers for a coming :func:`~facefit.batch.job.run_batch` of
     ``inputs``, before torch is imported (the command line calls this first thing).
 
     One worker for a single photo, :func:`worker_count` for more or for a folder. The next
@@ -133,6 +133,7 @@ class DetectAhead:
         self.wanted = wanted
         self.keep_image = keep_image
         self.pool: Optional[ProcessPoolExecutor] = None
+        self.workers = 0
         self._futures: dict = {}
         self._next = 0
         # the torch-free engine's encoder (facefit.batch.lite) runs in the workers too
@@ -153,6 +154,7 @@ class DetectAhead:
                     self.pool = _new_pool(rec.detector, n)
                 except (OSError, ValueError):
                     self.pool = None
+        self.workers = n if self.pool is not None else 0
         self.window = int(window) if window is not None else 4 * max(n, 1)
         self._index = {id(it): k for k, it in enumerate(self.items)}
 
@@ -190,6 +192,34 @@ class DetectAhead:
         self._futures.clear()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit_write(self, entries, render_size: int, units):
+        """Hand one input's files (``[(reconstruction, output paths)]``, see
+        :func:`facefit.batch.job.write_item`) to a worker, where there are two or more
+        (with one, this process would idle while that worker does everything).
+
+        Returns:
+            a future for :meth:`write_result`, or None: write them in this process.
+        """
+        if self.pool is None or self.workers < 2:
+            return None
+        try:
+            return self.pool.submit(workers.write_item, entries, render_size, units)
+        except (BrokenProcessPool, RuntimeError):
+            self._broken()
+            return None
+
+    def write_result(self, job):
+        """``(files written, seconds per face)`` of a :meth:`submit_write` job, or None if
+        the worker died (then write them in this process); raises the write's error."""
+        try:
+            status, payload = job.result()
+        except (BrokenProcessPool, CancelledError):  # cancelled: an earlier job found the pool broken
+            self._broken()
+            return None
+        if status == "error":
+            raise payload
+        return payload
 
     def faces_of(self, item):
         """``(image, [(face, crop)], timing)`` of one input, as

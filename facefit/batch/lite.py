@@ -1,7 +1,7 @@
 """Plain reconstruction without torch: the dlib encoder in onnxruntime, the decoder and the
 morphable model's decode in numpy.
 
-``facefit reconstruct`` (and :func:`facefit.reconstruction.run_batch`) uses this engine
+``facefit reconstruct`` (and :func:`facefit.batch.job.run_batch`) uses this engine
 when the job needs nothing but the regressor's prediction: the checkpoint's encoder is
 dlib's ResNet, no ``refine``, ``render``, ``pose``, ``head``, ``blendshapes``, ``fuse``,
 ``texture="photo"``, no CUDA device, and ``$FACEFIT_ENGINE`` is not ``torch``
@@ -407,7 +407,7 @@ class _Encoder:
 
 class LiteReconstructor:
     """:class:`facefit.reconstruction.Reconstructor` for plain jobs, without torch (same
-    attributes and methods as far as :func:`~facefit.reconstruction.run_batch` uses them).
+    attributes and methods as far as :func:`~facefit.batch.job.run_batch` uses them).
 
     Use :func:`make_lite_reconstructor`, which returns None where this cannot be used.
     """

@@ -51,6 +51,16 @@ def init_worker(detector: str, parent_pid: int = 0) -> None:
             pass
 
 
+def _sendable(e: Exception) -> Exception:
+    """``e`` if it survives pickling, else a :class:`~facefit.errors.FacefitError` with the
+    text the batch job would have shown for it."""
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:  # noqa: BLE001
+        e = FacefitError(str(e) if isinstance(e, FacefitError) else f"{type(e).__name__}: {e}")
+    return e
+
+
 def ready() -> bool:
     """A no-op task: submitting one per worker starts the workers right away."""
     return True
@@ -101,13 +111,23 @@ def faces_of(path, label: str, image, detector: str, all_faces: bool, net_crop: 
             crops = [(f, c, encode_chip(features_onnx, c)) for f, c in crops]
         t4 = time.perf_counter()
     except Exception as e:  # noqa: BLE001 - handed to the main process, which reports it
-        try:
-            pickle.loads(pickle.dumps(e))
-        except Exception:  # noqa: BLE001
-            text = str(e) if isinstance(e, FacefitError) else f"{type(e).__name__}: {e}"
-            e = FacefitError(text)
-        return "error", e
+        return "error", _sendable(e)
     timing = {"load": t1 - t0, "detect": t2 - t1, "align": t3 - t2}
     if features_onnx is not None:
         timing["encode"] = (t4 - t3) / len(crops)
     return "ok", (image if keep_image else None, crops, timing)
+
+
+def write_item(entries, render_size: int, units):
+    """Write one input's faces here (:func:`facefit.batch.job.write_item`: atomic
+    files, all or nothing), so that the main process need not.
+
+    Returns:
+        ``("ok", (files written, seconds per face))`` or ``("error", exception)``.
+    """
+    from facefit.batch.job import write_item as write
+
+    try:
+        return "ok", write(entries, render_size, None, units)
+    except Exception as e:  # noqa: BLE001 - handed to the main process, which reports it
+        return "error", _sendable(e)
