@@ -25,6 +25,9 @@ CLI process and its worker processes, sampled every 50 ms) and of its largest pr
 (``ru_maxrss``). The load average of the machine before and after is recorded: on a
 shared machine the absolute numbers move, the ratios much less.
 
+With ``--old-ref`` the commit of ``benchmarks/targets.json`` (issue 15's reference), the
+output's ``cli.targets`` says which of the issue's targets the measured speed-ups meet.
+
 Usage:
   .venv/bin/python benchmarks/bench_reconstruct.py [FOLDER] [--checkpoint CKPT] [--threads 1]
   .venv/bin/python benchmarks/bench_reconstruct.py --cli --old-ref aca9dd3 --repeats 2 \\
@@ -299,6 +302,36 @@ def cli_path(args, folder: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+TARGETS = Path(__file__).resolve().parent / "targets.json"
+
+
+def check_targets(cli: dict, targets: dict) -> dict:
+    """Issue 15's targets against a ``cli_path`` result whose old version is the targets'
+    reference commit: per case the speed-up the target needs (``issue_figure / target``,
+    inverted for seconds), the measured one and ``met``; and the peak memory of the folder
+    jobs (``new`` runs) against the absolute limit. Empty when the old version was another
+    commit (ratios to it say nothing about the targets)."""
+    ref = str(targets.get("reference_commit", ""))
+    old = str(cli.get("old_ref") or "")
+    if not ref or not old or not (old.startswith(ref) or ref.startswith(old)):
+        return {}
+    out: dict = {}
+    for case, t in targets.get("cli", {}).items():
+        entry = cli.get(case)
+        if not entry or "speedup" not in entry:
+            continue
+        fig, goal = float(t["issue_figure"]), float(t["target"])
+        need = goal / fig if t.get("unit") != "s" else fig / goal
+        out[case] = {"required_speedup": round(need, 2), "speedup": entry["speedup"],
+                     "met": bool(entry["speedup"] >= need)}
+    peaks = [r.get("peak_tree_pss_mb") for case in ("folder_small", "folder_large")
+             for r in cli.get(case, {}).get("runs", {}).get("new", []) if r.get("peak_tree_pss_mb") is not None]
+    if peaks and "peak_memory_mb" in targets:
+        out["peak_memory_mb"] = {"limit": targets["peak_memory_mb"], "measured_max": max(peaks),
+                                 "met": bool(max(peaks) <= float(targets["peak_memory_mb"]))}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", nargs="?", default=str((shared_dir() or Path("shared")) / "data" / "faces-dev"))
@@ -322,6 +355,9 @@ def main():
     if args.cli:
         res["cli"] = cli_path(args, Path(args.folder))
         res["cli"].update(old_ref=args.old_ref, new_ref=args.new_ref or "working tree", subset=args.subset)
+        targets = check_targets(res["cli"], json.loads(TARGETS.read_text())) if TARGETS.is_file() else {}
+        if targets:  # measured against the issue's reference commit: which targets are met
+            res["cli"]["targets"] = targets
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

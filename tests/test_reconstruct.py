@@ -413,3 +413,26 @@ def test_bench_reports_both_throughputs(untrained_checkpoint, tmp_path):
     assert res["photos"] == 3 and res["photos_ok"] == 2 and res["failed"] == 1
     assert res["photos_per_second_successful"] < res["photos_per_second_all_inputs"]
     assert abs(res["photos_per_second_successful"] * 3 - res["photos_per_second_all_inputs"] * 2) < 0.05
+
+
+def test_bench_checks_issue_targets_as_ratios_to_the_reference_commit():
+    """benchmarks/targets.json: a case is met when the speed-up over the reference commit
+    reaches issue figure / target (inverted for seconds); other old commits say nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_reconstruct", REPO / "benchmarks" / "bench_reconstruct.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    targets = json.loads((REPO / "benchmarks" / "targets.json").read_text())
+    run = lambda pss: {"new": [{"peak_tree_pss_mb": pss}]}  # noqa: E731
+    cli = {"old_ref": targets["reference_commit"],
+           "folder_small": {"speedup": 2.31, "runs": run(600.0)},  # needs 20 / 8.7 = 2.30
+           "folder_large": {"speedup": 2.4, "runs": run(1200.0)},  # needs 10 / 4 = 2.5
+           "one_photo": {"speedup": 1.99}}  # needs 5.0 / 2.5 = 2.0 (seconds: less is better)
+    got = bench.check_targets(cli, targets)
+    assert got["folder_small"] == {"required_speedup": 2.3, "speedup": 2.31, "met": True}
+    assert got["folder_large"]["met"] is False and got["folder_large"]["required_speedup"] == 2.5
+    assert got["one_photo"] == {"required_speedup": 2.0, "speedup": 1.99, "met": False}
+    assert got["peak_memory_mb"] == {"limit": 1000, "measured_max": 1200.0, "met": False}
+    assert bench.check_targets({**cli, "old_ref": "3ef8eb9"}, targets) == {}
+    assert bench.check_targets({k: v for k, v in cli.items() if k != "old_ref"}, targets) == {}
