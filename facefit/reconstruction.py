@@ -594,6 +594,12 @@ def reconstruct(
             must include one video: it is tracked frame by frame (``Reconstruction.track``,
             :mod:`facefit.avatar.track`; every ``track_every``-th frame, temporal smoothing
             ``track_smooth`` seconds, None = the default).
+    Without ``reconstructor``, a plain call (none of ``fuse``, ``refine``, ``texture="photo"``,
+    ``head``, ``blendshapes``, ``pose``; no CUDA ``device``; a dlib-encoder checkpoint) runs
+    without torch, as :func:`facefit.batch.job.run_batch` does (:mod:`facefit.batch.lite`:
+    the same results within a float tolerance, ``docs/speed.md``; ``$FACEFIT_ENGINE=torch``
+    turns this off).
+
     Returns:
         list of :class:`Reconstruction` (one per face; one in all with ``fuse``).
     Raises:
@@ -610,8 +616,16 @@ def reconstruct(
             raise e
         skipped.append((label, _error_text(e)))
 
-    rec = reconstructor or Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                                         refine=refine, head=head, blendshapes=blendshapes, pose=pose)
+    rec = reconstructor
+    if rec is None:
+        from .batch.lite import lite_reason, make_lite_reconstructor
+
+        if lite_reason(refine=refine, fuse=fuse, texture=texture, head=head, blendshapes=blendshapes, pose=pose,
+                       device=device) is None:  # a plain call: no torch (facefit.batch.lite)
+            rec = make_lite_reconstructor(checkpoint, model, detector, all_faces=all_faces)
+    if rec is None:
+        rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
+                            refine=refine, head=head, blendshapes=blendshapes, pose=pose)
     pose = pose or rec.pose
     items: list[InputItem] = []
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
@@ -638,20 +652,24 @@ def reconstruct(
             raise NoFaceError("no face found in any input (none could be read)")
         raise FacefitError("no images to reconstruct")
 
-    found = []  # (item, image, face, crop, timing)
+    found = []  # (item, image, face, crop, timing, features or None)
     for it in items:
         try:
             image, crops, timing = rec.faces_of(it)
         except Exception as e:  # noqa: BLE001 - on_error decides
             left_out(it.label, e)
             continue
-        for face, crop in crops:
-            found.append((it, image, face, crop, timing))
+        for face, crop, *feat in crops:  # the torch-free engine encodes each face in faces_of
+            found.append((it, image, face, crop, timing, feat[0] if feat else None))
     if not found:
         raise NoFaceError("no face found in any input")
     t0 = time.perf_counter()
-    feats = rec.encode(np.stack([f[3] for f in found]))
-    t_enc = (time.perf_counter() - t0) / len(found)
+    if all(f[5] is not None for f in found):
+        feats = np.stack([f[5] for f in found])
+        t_enc = float(np.mean([f[4].get("encode", 0.0) for f in found]))
+    else:
+        feats = rec.encode(np.stack([f[3] for f in found]))
+        t_enc = (time.perf_counter() - t0) / len(found)
 
     if fuse:
         import torch
@@ -699,7 +717,7 @@ def reconstruct(
     shapes, colors, refs = rec.refine(np.stack([f[3] for f in found]), shapes, colors)
     out = []
     per_item: dict[int, int] = {}
-    for k, (it, image, face, crop, timing) in enumerate(found):
+    for k, (it, image, face, crop, timing, _) in enumerate(found):
         j = per_item.get(id(it), 0)
         per_item[id(it)] = j + 1
         name = _names(it, j + 1)[j]

@@ -198,3 +198,49 @@ def test_no_room_for_the_encoder_file_means_the_torch_path(tmp_path, monkeypatch
     s = run_batch([sorted((DEV / "Tony_Blair").glob("*.jpg"))[0]], tmp_path / "face.obj",
                   checkpoint=untrained_checkpoint, progress=False)
     assert s.engine == "torch" and s.processed == 1 and (tmp_path / "face.obj").is_file()
+
+
+def test_python_api_plain_calls_run_without_torch_and_match(untrained_checkpoint, tmp_path, monkeypatch):
+    """facefit.reconstruct() without a reconstructor takes the torch-free engine for plain
+    calls: the same faces, coefficients and meshes as the torch Reconstructor within the
+    documented tolerance; FACEFIT_ENGINE=torch and torch-only options take the torch path."""
+    from facefit.batch.lite import LiteReconstructor
+    from facefit.reconstruction import Reconstructor, reconstruct
+
+    photos = [sorted((DEV / p).glob("*.jpg"))[0] for p in ("Tony_Blair", "Colin_Powell")]
+    image = cv2.cvtColor(cv2.imread(str(photos[1])), cv2.COLOR_BGR2RGB)
+    lite = reconstruct([photos[0], image], checkpoint=untrained_checkpoint)
+    ref = reconstruct([photos[0], image], reconstructor=Reconstructor(untrained_checkpoint))
+    assert [r.source for r in lite] == [r.source for r in ref] and len(lite) == 2
+    for a, b in zip(lite, ref):
+        assert np.array_equal(a.box, b.box) and np.array_equal(a.landmarks68, b.landmarks68)
+        assert np.abs(a.shape_coeffs - b.shape_coeffs).max() < TOL_COEFF
+        assert np.abs(a.color_coeffs - b.color_coeffs).max() < TOL_COEFF
+        assert np.abs(a.mesh.vertices - b.mesh.vertices).max() < TOL_MM
+        assert np.abs(a.mesh.colors - b.mesh.colors).max() < TOL_COLOR
+        assert a.mesh.meta == b.mesh.meta and a.features.shape == b.features.shape == (256,)
+        assert a.timing["encode"] > 0
+    seen = []
+    real = Reconstructor.__init__
+
+    def spy(self, *a, **kw):
+        seen.append(kw)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(Reconstructor, "__init__", spy)
+    reconstruct(photos[0], checkpoint=untrained_checkpoint)
+    assert seen == []  # the lite engine
+    monkeypatch.setenv("FACEFIT_ENGINE", "torch")
+    reconstruct(photos[0], checkpoint=untrained_checkpoint)
+    assert len(seen) == 1
+    monkeypatch.delenv("FACEFIT_ENGINE")
+    reconstruct(photos[0], checkpoint=untrained_checkpoint, fuse=True)  # fuse needs torch
+    assert len(seen) == 2
+    assert isinstance(make_lite_reconstructor(untrained_checkpoint), LiteReconstructor)
+
+    code = ("import sys, facefit\n"
+            f"r = facefit.reconstruct({str(photos[0])!r})\n"
+            "print(len(r), r[0].mesh.vertices.shape[0], 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "9409", "False"]
