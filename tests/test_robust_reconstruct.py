@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,27 @@ def _photos(n):
     return out[:n]
 
 
+def _children(pid):
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_midway_then_skip_existing(untrained_checkpoint, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -48,9 +70,13 @@ def test_sigkill_midway_then_skip_existing(untrained_checkpoint, tmp_path):
         if proc.poll() is not None:
             break
         time.sleep(0.05)
+    workers = _children(proc.pid)  # they write files too: they must be gone before counting
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.5)  # its workers (killed with it) may still be going away
+    gone = time.time() + 20
+    while any(_alive(p) for p in workers) and time.time() < gone:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in workers), "the workers die with the killed main process"
 
     def meshes_of(folder):  # not the hidden temporary files a killed writer leaves
         return [m for m in folder.glob("*.obj") if not m.name.startswith(".")]
