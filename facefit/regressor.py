@@ -434,7 +434,8 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: "float | Sequ
     Returns:
         a new Decoder with hidden size ``h_shape_from + h_rest_from``.
     Raises:
-        ValueError: the decoders do not fit together.
+        ValueError: the decoders do not fit together, or ``alpha`` has the wrong length or
+            a value outside [0, 1].
     """
     A, B = shape_from, rest_from
     if len(A.hidden) != 1 or len(B.hidden) != 1:
