@@ -50,7 +50,9 @@ class RefineSettings:
             geometry"); 0 is the unanchored refinement of earlier versions (more likeness,
             worse shapes).
         shape_lr: the shape's step size relative to ``lr`` (1: the same as the colour).
-        render_size: side of the renders the crops are cut from (px).
+        render_size: side of the renders the crops are cut from (px), for face-sized
+            crops; the combined encoder's 250 px ``dlib_wide`` crop renders 5/3 as large
+            (:func:`facefit.faces.alignment.render_size_for`), so the face keeps its pixels.
         yaw_range, pitch_range, roll_range: pose ranges of the views (degrees).
         batch: faces optimised together (memory bound; results do not depend on it).
         seed: random seed of the views (same seed, same result).
@@ -133,8 +135,10 @@ def refine_identity(
     after = np.full(n, np.nan, np.float32)
     if cfg.steps == 0 or n == 0:
         return s_all.cpu().numpy(), c_all.cpu().numpy(), {"steps": 0}
+    from .faces.alignment import render_size_for
+
     syn = SyntheticSettings(
-        render_size=int(cfg.render_size), crop=net.crop, crop_size=int(net.input_size),
+        render_size=render_size_for(net.crop, cfg.render_size), crop=net.crop, crop_size=int(net.input_size),
         yaw_range=tuple(cfg.yaw_range), pitch_range=tuple(cfg.pitch_range), roll_range=tuple(cfg.roll_range),
     )
     V = int(cfg.views)

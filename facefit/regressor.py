@@ -425,9 +425,14 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: "float | Sequ
     other. Used to measure the trade-off between a geometry-trained decoder (stage 1: exact
     synthetic coefficients) and an identity-trained one (stage 2), see ``docs/training.md``.
 
+    ``rest_from`` may read fewer features than ``shape_from``: it then reads the first
+    ``rest_from.in_dim`` of them (exactly what it read alone when ``shape_from``'s encoder
+    puts its encoder's features first, as ``"dlib+facenet"`` does with dlib's), so a
+    decoder on a combined encoder can be blended with one on its first network.
+
     Args:
-        shape_from, rest_from: decoders with one hidden layer each, the same input size
-            and the same numbers of shape and colour coefficients.
+        shape_from, rest_from: decoders with one hidden layer each and the same numbers of
+            shape and colour coefficients; ``rest_from.in_dim <= shape_from.in_dim``.
         alpha: weight of ``shape_from``'s shape (0: ``rest_from`` unchanged, 1: its shape
             replaced): one number, or one per shape coefficient (``(Ks,)``) to blend each
             component with its own weight.
@@ -440,11 +445,12 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: "float | Sequ
     A, B = shape_from, rest_from
     if len(A.hidden) != 1 or len(B.hidden) != 1:
         raise ValueError("blend_decoders needs decoders with exactly one hidden layer")
-    if (A.in_dim, A.n_shape, A.n_color) != (B.in_dim, B.n_shape, B.n_color):
+    if (A.n_shape, A.n_color) != (B.n_shape, B.n_color) or B.in_dim > A.in_dim:
         raise ValueError(
             f"decoders do not fit together: in/shape/colour sizes {(A.in_dim, A.n_shape, A.n_color)} "
             f"vs {(B.in_dim, B.n_shape, B.n_color)}"
         )
+    k = B.in_dim  # rest_from reads A's first k features
     hA, hB, ks = A.hidden[0], B.hidden[0], A.n_shape
     a = torch.as_tensor(alpha, dtype=A.head.weight.dtype).detach().reshape(-1)
     if a.numel() not in (1, ks):
@@ -457,9 +463,10 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: "float | Sequ
     out.input_std.copy_(A.input_std)
     WA, bA = A.body[0].weight, A.body[0].bias
     WB, bB = B.body[0].weight, B.body[0].bias
-    # W_b (x - m_b) / s_b = (W_b s_a / s_b) (x - m_a) / s_a + W_b (m_a - m_b) / s_b
-    WB2 = WB * (A.input_std / B.input_std)[None, :]
-    bB2 = bB + WB @ ((A.input_mean - B.input_mean) / B.input_std)
+    # W_b (x - m_b) / s_b = (W_b s_a / s_b) (x - m_a) / s_a + W_b (m_a - m_b) / s_b, on x[:k]
+    WB2 = torch.zeros(hB, A.in_dim, dtype=WB.dtype)
+    WB2[:, :k] = WB * (A.input_std[:k] / B.input_std)[None, :]
+    bB2 = bB + WB @ ((A.input_mean[:k] - B.input_mean) / B.input_std)
     out.body[0].weight.copy_(torch.cat([WA, WB2]))
     out.body[0].bias.copy_(torch.cat([bA, bB2]))
     H = torch.zeros_like(out.head.weight)

@@ -148,7 +148,8 @@ class TrainConfig:
         constant), weight_decay, grad_clip (max gradient norm; 0 = off), hidden (decoder
         hidden layer sizes).
     Rendering:
-        render_size, crop_fill, fov_deg; yaw/pitch/roll_range (synthetic faces);
+        render_size (for face-sized crops; ``dlib+facenet``'s 250 px crop renders 5/3 as
+        large), crop_fill, fov_deg; yaw/pitch/roll_range (synthetic faces);
         view_yaw/pitch/roll_range (identity-loss views); temperature_range; expr_scale,
         expr_prob (synthetic expressions); fill_holes.
     Run:
@@ -495,9 +496,13 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
 
 
 def synthetic_settings(cfg: TrainConfig, net) -> SyntheticSettings:
-    """How a run renders its synthetic faces: ``cfg``'s ranges, framed for ``net``'s crop."""
+    """How a run renders its synthetic faces: ``cfg``'s ranges, framed for ``net``'s crop
+    (renders for the 250 px ``dlib_wide`` crop are 5/3 of ``render_size``:
+    :func:`facefit.faces.alignment.render_size_for`)."""
+    from .faces.alignment import render_size_for
+
     return SyntheticSettings(
-        render_size=cfg.render_size,
+        render_size=render_size_for(net.crop, cfg.render_size),
         crop=net.crop,
         crop_size=net.input_size,
         crop_fill=cfg.crop_fill,
@@ -1073,7 +1078,8 @@ class Trainer:
             colors = colors.repeat_interleave(V, 0)
             g = step_generator(cfg.seed, step, self.dist.rank, "views")
             params = random_params(n_real * V, self.view_settings, g)
-            bg = random_backgrounds(n_real * V, cfg.render_size, g, self.view_settings.background_noise, device=self.device)
+            bg = random_backgrounds(n_real * V, self.view_settings.render_size, g, self.view_settings.background_noise,
+                                    device=self.device)
             enc = self.net.name
             scores, r_feats = self.id_nets.score_renders(
                 self.model, verts, colors, params, self.id_view_settings, id_embs, background=bg,
@@ -1180,7 +1186,8 @@ class Trainer:
             torch.full((n,), 20.0), torch.full((n,), 0.1),
         )
         verts, colors = self.model.decode(shape, color)
-        bg = torch.full((n, 3, self.cfg.render_size, self.cfg.render_size), 0.5, device=self.device)
+        rs = self.syn_settings.render_size
+        bg = torch.full((n, 3, rs, rs), 0.5, device=self.device)
         return render_crops(self.model, verts, colors, params, self.syn_settings, background=bg)["crops"]
 
     @torch.no_grad()

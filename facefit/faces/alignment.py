@@ -24,6 +24,11 @@ Crops (``CROPS``)
 ``"arcface_112"`` (112 px)
     The standard 5-point ArcFace / InsightFace template (``ARCFACE_TEMPLATE_112``) fitted by
     least squares (Umeyama without reflection); used by SFace.
+``"dlib_wide"`` (250 px)
+    The same dlib chip with padding 0.75 (:data:`DLIB_WIDE_PADDING`): at 250 px it has the
+    150 px chip's pixel scale, and its centre 150 x 150 pixels are that chip (up to dlib's
+    corner-pixel convention: 0.1 px at the chip's edge). Used by the combined dlib + FaceNet
+    encoder (:mod:`facefit.recognition.combined`), which cuts both networks' crops from it.
 ``"facenet_160"`` (160 px)
     The crop FaceNet was validated with (Sandberg's ``align_dataset_mtcnn.py --image_size 160
     --margin 32`` on LFW): an MTCNN-like box from the landmarks grown by a margin
@@ -68,6 +73,7 @@ from facefit.faces.chips import (  # noqa: F401 - re-exported: the chip is part 
     _DLIB_TEMPLATE_5,
     _DLIB_TEMPLATE_68,
     DLIB5_FROM_68,
+    DLIB_WIDE_PADDING,
     _pyramid_down,
     dlib_face_chip,
 )
@@ -98,7 +104,8 @@ __all__ = [
 ]
 
 #: Crop name -> default output size in pixels.
-CROPS = {"dlib_chip": 150, "arcface_112": 112, "facenet_160": 160}
+CROPS = {"dlib_chip": 150, "arcface_112": 112, "facenet_160": 160, "dlib_wide": 250}
+
 
 #: ArcFace/InsightFace 5-point template for 112x112 crops, in the published *pixel-index*
 #: coordinates (image-left eye, image-right eye, nose tip, image-left / image-right mouth
@@ -542,6 +549,17 @@ def warp_image(
 # high-level
 
 
+#: How much larger a render must be for a crop than for a ``dlib_chip`` to give the face
+#: the same pixels (``dlib_wide``: the face is its centre 150 of 250 px).
+RENDER_SCALE = {"dlib_wide": 250.0 / 150.0}
+
+
+def render_size_for(crop: str, render_size: int) -> int:
+    """The render side to use for ``crop`` where ``render_size`` is meant for face-sized
+    crops (150-160 px): ``render_size`` scaled by :data:`RENDER_SCALE` (1 for most crops)."""
+    return int(round(int(render_size) * RENDER_SCALE.get(crop, 1.0)))
+
+
 def _crop_size(crop: str, size: int | None) -> int:
     if crop not in CROPS:
         raise ValueError(f"unknown crop {crop!r}; choose one of {tuple(CROPS)}")
@@ -554,7 +572,7 @@ def crop_transform_from_landmarks68(landmarks68, crop: str, size: int | None = N
 
     Args:
         landmarks68: (68, 2) numpy or (B, 68, 2) tensor (differentiable).
-        crop: "dlib_chip", "arcface_112" or "facenet_160".
+        crop: "dlib_chip", "dlib_wide", "arcface_112" or "facenet_160".
         size: crop side (default per crop).
 
     Returns:
@@ -563,6 +581,8 @@ def crop_transform_from_landmarks68(landmarks68, crop: str, size: int | None = N
     size = _crop_size(crop, size)
     if crop == "dlib_chip":
         return dlib_chip_transform(dlib5_from_landmarks68(landmarks68), size=size)
+    if crop == "dlib_wide":
+        return dlib_chip_transform(dlib5_from_landmarks68(landmarks68), size=size, padding=DLIB_WIDE_PADDING)
     if crop == "arcface_112":
         return arcface_transform(landmarks5_from_68(landmarks68), size=size)
     return facenet_transform(facenet_crop_box(landmarks68), size=size)
@@ -603,7 +623,7 @@ def crop_for_net(
 ) -> np.ndarray:
     """Recognition crop of a detected face in a photo.
 
-    * ``dlib_chip``: dlib's real 5-point shape (``face.dlib5``) when present, else
+    * ``dlib_chip`` / ``dlib_wide``: dlib's real 5-point shape (``face.dlib5``) when present, else
       :func:`dlib5_from_landmarks68`; extracted with :func:`dlib_face_chip` (bit-exact dlib
       emulation) or, with ``dlib_exact=False``, :func:`warp_image`.
     * ``arcface_112``: 5 points from the 68 landmarks when present (as for renders), else
@@ -622,15 +642,16 @@ def crop_for_net(
     """
     size = _crop_size(net_crop, size)
     lm68 = face.landmarks68
-    if net_crop == "dlib_chip":
+    if net_crop in ("dlib_chip", "dlib_wide"):
         pts = face.dlib5 if face.dlib5 is not None else (
             dlib5_from_landmarks68(lm68) if lm68 is not None else None
         )
         if pts is None:
             raise ValueError("dlib chips need Face.dlib5 or Face.landmarks68")
+        pad = 0.25 if net_crop == "dlib_chip" else DLIB_WIDE_PADDING
         if dlib_exact:
-            return dlib_face_chip(image, pts, size=size)
-        return warp_image(image, dlib_chip_transform(pts, size=size), size)
+            return dlib_face_chip(image, pts, size=size, padding=pad)
+        return warp_image(image, dlib_chip_transform(pts, size=size, padding=pad), size)
     if net_crop == "arcface_112":
         lm5 = landmarks5_from_68(lm68) if lm68 is not None else face.landmarks5
         return warp_image(image, arcface_transform(lm5, size=size), size)

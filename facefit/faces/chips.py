@@ -14,7 +14,12 @@ import math
 
 import numpy as np
 
-__all__ = ["DLIB5_FROM_68", "dlib_chip_params", "dlib_face_chip", "dlib_chip_of_face"]
+__all__ = ["DLIB_WIDE_PADDING", "DLIB5_FROM_68", "dlib_chip_params", "dlib_face_chip", "dlib_chip_of_face"]
+
+#: dlib padding of the ``dlib_wide`` crop: a dlib chip of the same pixel scale as the
+#: 150 px, padding 0.25 one (100 px per template unit at the default sizes), 50 px wider on
+#: every side, so that it holds the ``dlib_chip`` as its centre and FaceNet's box around it.
+DLIB_WIDE_PADDING = 0.75
 
 # dlib's normalised template for its 5-point shape (get_face_chip_details).
 _DLIB_TEMPLATE_5 = np.array(
@@ -217,13 +222,14 @@ def dlib_face_chip(image: np.ndarray, points, size: int = 150, padding: float = 
     return out
 
 
-def dlib_chip_of_face(image: np.ndarray, face, size: int = 150) -> np.ndarray:
+def dlib_chip_of_face(image: np.ndarray, face, size: int = 150, padding: float = 0.25) -> np.ndarray:
     """The ``dlib_chip`` crop of a detected face (what
     :func:`facefit.faces.alignment.crop_for_net` returns for it): dlib's real 5-point shape
     when the face has one, else the 5 points taken from its 68 landmarks.
 
     Args:
         image: (H, W, 3) uint8 RGB; face: a :class:`~facefit.faces.detection.Face`.
+        size, padding: the chip's (``dlib_wide``: 250, 0.75).
     Returns:
         (size, size, 3) uint8.
     """
@@ -232,4 +238,4 @@ def dlib_chip_of_face(image: np.ndarray, face, size: int = 150) -> np.ndarray:
         if face.landmarks68 is None:
             raise ValueError("dlib chips need Face.dlib5 or Face.landmarks68")
         pts = np.asarray(face.landmarks68)[list(DLIB5_FROM_68)]
-    return dlib_face_chip(image, pts, size=size)
+    return dlib_face_chip(image, pts, size=size, padding=padding)

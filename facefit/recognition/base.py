@@ -27,9 +27,11 @@ from torch import nn
 #:   padding 0.25.
 #: - ``"facenet_160"``: MTCNN-style crop of the detection box with a margin, resized to
 #:   160x160.
+#: - ``"dlib_wide"``: the same dlib chip with padding 0.75, size 250 (its centre 150 px
+#:   are the ``dlib_chip``; the combined dlib + FaceNet encoder cuts both crops from it).
 #: - ``"arcface_112"``: 5-point similarity alignment to the standard ArcFace/SFace
 #:   112x112 template.
-CROPS = ("dlib_chip", "facenet_160", "arcface_112")
+CROPS = ("dlib_chip", "facenet_160", "arcface_112", "dlib_wide")
 
 
 from facefit.cache import atomic_write_bytes, cache_dir, file_sha256  # noqa: E402,F401  (re-exported: parsed/repaired weights live there)

