@@ -30,7 +30,7 @@ MESH_FORMATS = ("obj", "ply", "glb")
 MESH_UNITS = ("mm", "cm", "m")
 # regressor provenance in every mesh's meta and coefficient record (see checkpoint_info)
 REGRESSOR_FIELDS = ("regressor_sha256", "regressor_step", "regressor_format")
-DEFAULT_CHECKPOINT_NAME = "facefit-ict-dlib.pt"
+DEFAULT_CHECKPOINT_NAME = "facefit-ict-dlib-facenet.pt"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -277,7 +277,7 @@ class Reconstruction:
 
 
 def default_checkpoint() -> Path:
-    """The shipped regressor: ``$FACEFIT_CHECKPOINT``, else ``models/facefit-ict-dlib.pt``
+    """The shipped regressor: ``$FACEFIT_CHECKPOINT``, else ``models/facefit-ict-dlib-facenet.pt``
     of the facefit checkout, else the user data dir's copy.
 
     Raises:

@@ -106,7 +106,7 @@ class TrainConfig:
 
     Model and data:
         model: morphable model name or path (None: :func:`facefit.model_io.resolve_model`).
-        encoder: recognition network (``"dlib"`` or ``"facenet"``); encoder_weights: its
+        encoder: recognition network (``"dlib"``, ``"facenet"`` or ``"dlib+facenet"``); encoder_weights: its
             weight file (FaceNet).
         data: folder tree of real photos (needed for stage 2).
         cache_dir: photo-cache folder (None: ``<facefit cache>/photos``).
@@ -470,7 +470,8 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
     :func:`facefit.losses.default_identity_weight` for ``w_id`` (120 for the normalised
     loss; with ``identity_norm = "none"`` 1000 with dlib's ResNet, whose cosine
     similarities are compressed, the paper's 1 with FaceNet). An empty ``identity_nets``
-    becomes ``[encoder]``.
+    becomes ``[encoder]``, or a combined encoder's networks (``"dlib+facenet"`` ->
+    ``["dlib", "facenet"]``: each on its own cosine scale).
 
     Args:
         config: a configuration (possibly with None weights).
@@ -478,7 +479,7 @@ def resolve_loss_weights(config: TrainConfig, model) -> TrainConfig:
     Returns:
         A TrainConfig whose ``w_shape`` and ``w_color`` are numbers.
     """
-    nets = list(config.identity_nets) or [config.encoder]
+    nets = list(config.identity_nets) or str(config.encoder).split("+")
     if config.w_shape is not None and config.w_color is not None and config.w_id is not None:
         return dataclasses.replace(config, identity_nets=nets)
     ws, wc = L.default_param_weights(model)

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_checkout_models_folder_is_found():
     d = shipped.shipped_models_dir()
     assert d == REPO / "models"
-    assert (d / "facefit-ict-dlib.pt").is_file() and any((d / "albedo").glob("*.npz"))
+    assert (d / "facefit-ict-dlib-facenet.pt").is_file() and (d / "facefit-ict-dlib.pt").is_file() and any((d / "albedo").glob("*.npz"))
 
 
 def test_installed_copy_is_found_when_there_is_no_checkout(tmp_path, monkeypatch):
