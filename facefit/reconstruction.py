@@ -495,15 +495,19 @@ class Reconstructor:
         from .refine import refine_identity
 
         t0 = time.perf_counter()
+        # a combined encoder names the network to refine against and how to cut its crop
+        pick = getattr(self.encoder, "refine_network", None)
+        net, cut = pick() if pick is not None else (self.encoder, None)
         with torch.no_grad():
             embs = []
             for i in range(0, len(crops), self.batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(crops[i:i + self.batch_size])).to(self.device)
-                embs.append(self.encoder.embed(x.permute(0, 3, 1, 2).float() / 255.0))
+                x = x.permute(0, 3, 1, 2).float() / 255.0
+                embs.append(net.embed(cut(x) if cut is not None else x))
             emb = torch.cat(embs)
             if fused:
                 emb = torch.nn.functional.normalize(emb, dim=-1).mean(0, keepdim=True)
-        s, c, info = refine_identity(self.model, self.encoder, emb, shapes, colors, cfg)
+        s, c, info = refine_identity(self.model, net, emb, shapes, colors, cfg)
         dt = (time.perf_counter() - t0) / max(len(shapes), 1)
         per = [{"steps": int(cfg.steps), "identity_before": float(info["identity_before"][k]),
                 "identity_after": float(info["identity_after"][k]), "seconds": dt} for k in range(len(shapes))]

@@ -97,6 +97,14 @@ class DlibFaceNet(RecognitionNet):
         images = self.prepare_images(images, "DlibFaceNet")
         return dlib_chip_of_wide(images), facenet_crop_of_wide(images, int(self.facenet.input_size))
 
+    def refine_network(self) -> tuple[RecognitionNet, "callable"]:
+        """The network ``--refine`` optimises against, and how to cut its crop from a
+        ``dlib_wide`` crop: dlib's ResNet on the centre chip. Refining against both
+        networks (FaceNet backward through 267 px renders) made ``facefit eval synthetic
+        --n 10 --refine 40`` take 629 s instead of 222 s and moved the geometry more
+        (0.776 -> 0.798 mm, +2.8 %, against +1.3 % with dlib alone)."""
+        return self.dlib, dlib_chip_of_wide
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 250, 250) RGB [0, 1] -> (B, 768): dlib's features, then FaceNet's."""
         d, f = self.split(images)
