@@ -464,7 +464,7 @@ def blend_decoders(shape_from: Decoder, rest_from: Decoder, alpha: "float | Sequ
     WA, bA = A.body[0].weight, A.body[0].bias
     WB, bB = B.body[0].weight, B.body[0].bias
     # W_b (x - m_b) / s_b = (W_b s_a / s_b) (x - m_a) / s_a + W_b (m_a - m_b) / s_b, on x[:k]
-    WB2 = torch.zeros(hB, A.in_dim, dtype=WB.dtype)
+    WB2 = torch.zeros(hB, A.in_dim, dtype=WB.dtype, device=WB.device)
     WB2[:, :k] = WB * (A.input_std[:k] / B.input_std)[None, :]
     bB2 = bB + WB @ ((A.input_mean[:k] - B.input_mean) / B.input_std)
     out.body[0].weight.copy_(torch.cat([WA, WB2]))
