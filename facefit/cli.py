@@ -195,7 +195,10 @@ def reconstruct_cmd(
                                         "OBJ and PLY, m for GLB as glTF viewers expect)."),
     refine: int = typer.Option(0, "--refine", min=0, max=1000, help="Beyond the paper: after the regressor, spend this many "
                                "steps per face moving the coefficients so that renders match the photo's identity "
-                               "(about 0.1-0.2 s per step on a CPU; 40 is a good value; 0 = off)."),
+                               "(about 0.1-0.2 s per step on a CPU; 40 is a good value; 0 = off). Only the colour "
+                               "moves: the shape stays the regressor's (see --refine-shape)."),
+    refine_shape: bool = typer.Option(False, "--refine-shape", help="With --refine: also move the shape (a little more "
+                                      "likeness to the recognition network, slightly worse geometry; docs/evaluation.md)."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose requested outputs all exist (continue "
                                        "an interrupted run, or add --save-coeffs/--render outputs to an earlier one)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", readable=False, help="Regressor checkpoint (default: the shipped one)."),
@@ -227,6 +230,9 @@ def reconstruct_cmd(
 
     An output FILE (.obj/.ply/.glb) takes exactly one face: one photo, or --fuse.
     """
+    from .cli_eval import check_refine_shape
+
+    check_refine_shape(refine, refine_shape)
     if not fuse and detector in ("dlib", "mtcnn", "yunet"):  # detection workers start before torch loads
         from .batch import prestart
         from .batch.lite import lite_reason
@@ -248,7 +254,7 @@ def reconstruct_cmd(
                   texture=None if texture == "model" else texture, units=units, skip_existing=skip_existing,
                   detector=detector, device=device, progress=sys.stderr.isatty(), batch_size=batch_size,
                   refine=refine, head=head, blendshapes=blendshapes, pose=pose, track_every=track_every,
-                  track_smooth=track_smooth)
+                  track_smooth=track_smooth, refine_shape=refine_shape)
     con = Console(stderr=True)
     if s.manifest is not None or s.failed or s.skipped:
         t = Table(title="facefit reconstruct")

@@ -48,6 +48,12 @@ def _progress(enabled: Optional[bool] = None) -> Iterator[Callable[[str, int, in
         yield update
 
 
+def check_refine_shape(refine: int, refine_shape: bool) -> None:
+    """``--refine-shape`` only means something with ``--refine N``."""
+    if refine_shape and not refine:
+        raise FacefitError("--refine-shape needs --refine N (the number of refinement steps)")
+
+
 def _check_out(out: Path) -> None:
     """Refuse an unusable ``--out`` before the (long) computation."""
     from .evaluation.report import check_output_dir
@@ -145,6 +151,8 @@ def synthetic_cmd(
                                    "training) or 'both' (two reports, OUT/model and OUT/unseen; same faces and poses)."),
     refine: int = typer.Option(0, "--refine", min=0, max=1000, help="Also score facefit + this many identity-refinement "
                                "steps (reconstruct --refine) as an extra method row."),
+    refine_shape: bool = typer.Option(False, "--refine-shape", help="With --refine: the refinement also moves the shape "
+                                      "(reconstruct --refine-shape)."),
 ):
     """Geometric error on rendered model samples with exact ground truth, with mean-face and landmark-fit baselines."""
     from .evaluation.synthetic import (
@@ -160,11 +168,13 @@ def synthetic_cmd(
     if appearance not in APPEARANCES + ("both",):
         raise FacefitError(f"--appearance must be one of {', '.join(APPEARANCES + ('both',))}, got '{appearance}'")
     _check_out(out)
+    check_refine_shape(refine, refine_shape)
     runs = list(APPEARANCES) if appearance == "both" else [appearance]
     rec = _reconstructor(checkpoint, model, device, detector)
     for app in runs:
         cfg = SyntheticEvalConfig(n=n, seed=seed, expression=expression, image_size=size, radius=radius,
-                                  fit_steps=fit_steps, detector=detector, appearance=app, refine=refine)
+                                  fit_steps=fit_steps, detector=detector, appearance=app, refine=refine,
+                                  refine_shape=refine_shape)
         dest = out / app if len(runs) > 1 else out
         if len(runs) > 1:
             _check_out(dest)
@@ -235,6 +245,7 @@ def identity_cmd(
     detector: str = typer.Option("dlib", "--detector", help="Face detector: dlib, mtcnn or yunet."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     refine: int = typer.Option(0, "--refine", min=0, max=1000, help="Also report each checkpoint after this many steps of per-photo identity refinement (reconstruct --refine)."),
+    refine_shape: bool = typer.Option(False, "--refine-shape", help="With --refine: the refinement also moves the shape (reconstruct --refine-shape)."),
 ):
     """Likeness on labelled photos (Tables 2-3, Figure 5): similarity distributions, EMD, identity recall."""
     from .evaluation.identity import (
@@ -247,11 +258,12 @@ def identity_cmd(
 
     _check_detector(detector)
     _check_out(out)
+    check_refine_shape(refine, refine_shape)
     if eval_net not in available_nets():
         raise FacefitError(f"unknown --eval-net '{eval_net}' (known: {', '.join(available_nets())})")
     cks = parse_checkpoints(checkpoint, ablation)
     cfg = IdentityEvalConfig(eval_net=eval_net, detector=detector, per_person=per_person, people=people,
-                             render_size=render_size, refine=refine)
+                             render_size=render_size, refine=refine, refine_shape=refine_shape)
     with _progress() as prog:
         res = evaluate_identity(photo_dir, cks, cfg, model=model, device=device, progress=prog)
     paths = write_identity_report(res, out)

@@ -380,6 +380,8 @@ class Reconstructor:
         batch_size: faces per encoder batch.
         refine: identity-refinement steps per face after the regressor (0 = the
             regressor's prediction as is; see :mod:`facefit.refine`).
+        refine_shape: refinement also moves the shape (default: the colour only, so the
+            geometry stays the regressor's; :mod:`facefit.refine`).
         head: write the complete ICT-FaceKit head instead of the face area
             (:mod:`facefit.avatar.head`).
         blendshapes: give each reconstruction the model's expressions as named morph
@@ -390,7 +392,7 @@ class Reconstructor:
 
     def __init__(self, checkpoint=None, model=None, device=None, detector: str = "dlib",
                  all_faces: bool = False, batch_size: int = 32, refine: int = 0, head: bool = False,
-                 blendshapes: bool = False, pose: bool = False):
+                 blendshapes: bool = False, pose: bool = False, refine_shape: bool = False):
         import torch
 
         from .regressor import Regressor
@@ -408,7 +410,7 @@ class Reconstructor:
         self.batch_size = int(batch_size)
         from .refine import RefineSettings
 
-        self.refine_settings = RefineSettings(steps=int(refine))
+        self.refine_settings = RefineSettings(steps=int(refine), shape_lr=1.0 if refine_shape else 0.0)
         self.pose = bool(pose)
         # an ICT avatar opens its mouth and moves its eyes: it needs the head's teeth and eyes
         self.head = bool(head) or (bool(blendshapes) and model.meta.get("source") == "ICT-FaceKit")
@@ -509,7 +511,7 @@ class Reconstructor:
                 emb = torch.nn.functional.normalize(emb, dim=-1).mean(0, keepdim=True)
         s, c, info = refine_identity(self.model, net, emb, shapes, colors, cfg)
         dt = (time.perf_counter() - t0) / max(len(shapes), 1)
-        per = [{"steps": int(cfg.steps), "identity_before": float(info["identity_before"][k]),
+        per = [{"steps": int(cfg.steps), "shape": bool(cfg.shape_lr > 0), "identity_before": float(info["identity_before"][k]),
                 "identity_after": float(info["identity_after"][k]), "seconds": dt} for k in range(len(shapes))]
         return s, c, per
 
@@ -571,6 +573,7 @@ def reconstruct(
     pose: bool = False,
     track_every: int = 1,
     track_smooth: Optional[float] = None,
+    refine_shape: bool = False,
 ) -> list[Reconstruction]:
     """Reconstruct faces from images, without writing anything.
 
@@ -592,6 +595,7 @@ def reconstruct(
         refine: identity-refinement steps per face after the regressor (beyond the paper;
             :mod:`facefit.refine`); the result's ``extra["refine"]`` has the identity score
             before and after.
+        refine_shape: refinement also moves the shape (default: the colour only).
         head, blendshapes: see :class:`Reconstructor` (the complete head; morph targets).
         pose: also fit each face's head pose, camera and expression weights to its photo
             (``Reconstruction.pose``, :mod:`facefit.avatar.pose`). With ``fuse`` the input
@@ -629,7 +633,7 @@ def reconstruct(
             rec = make_lite_reconstructor(checkpoint, model, detector, all_faces=all_faces)
     if rec is None:
         rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
-                            refine=refine, head=head, blendshapes=blendshapes, pose=pose)
+                            refine=refine, head=head, blendshapes=blendshapes, pose=pose, refine_shape=refine_shape)
     pose = pose or rec.pose
     items: list[InputItem] = []
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):

@@ -2,12 +2,12 @@
 
 The regressor predicts coefficients in one pass. Refinement then spends ``N`` optimisation
 steps per face on the paper's own identity loss, applied to that one face instead of to
-the decoder's weights: starting from the prediction, the shape and colour coefficients are
-moved so that the frozen recognition network's embedding of renders of the face in
-``views`` random poses and lightings comes closer to the embedding of the photo
-(``1 - cosine``, as :func:`facefit.losses.identity_loss`), with a weak pull towards the
-model's N(0, 1) prior. Renders are cropped differentiably exactly as in training
-(:func:`facefit.synthetic.render_crops`).
+the decoder's weights: starting from the prediction, the colour coefficients (and, with
+``--refine-shape``, the shape's) are moved so that the frozen recognition network's
+embedding of renders of the face in ``views`` random poses and lightings comes closer to
+the embedding of the photo (``1 - cosine``, as :func:`facefit.losses.identity_loss`),
+with a weak pull towards the model's N(0, 1) prior. Renders are cropped differentiably
+exactly as in training (:func:`facefit.synthetic.render_crops`).
 
 Measured on ``../shared/data/faces-dev`` with the held-out SFace network (``facefit eval
 identity --refine``, see ``docs/evaluation.md``): refinement raises photo-vs-render
@@ -16,10 +16,15 @@ photos of the same person, so it is not just fitting the one photo's recognition
 response. Cost: about 0.1 s per face and step on one CPU core (three 150 px crops through
 dlib's ResNet, forwards and backwards).
 
-The recognition network rewards shapes that are not the true ones (the paper's "fooling"):
-unanchored, 40 steps made synthetic faces' geometry 7 % worse. So the shape is pulled
-towards the regressor's prediction (``anchor``) while the colour moves freely; measured on
-exact ground truth the anchored refinement leaves the geometric error unchanged.
+The recognition network rewards shapes that are not the true ones (the paper's "fooling").
+Measured on exact ground truth (``docs/evaluation.md``, "Refinement and geometry"), the
+identity gradient on the shape points *away* from the true shape (vertex-space cosine
+with the regressor's error about -0.1): unanchored, 40 steps made synthetic faces 7 %
+worse; anchored towards the regressor's prediction still +0.8 % on the shipped model,
+while adding almost no likeness over moving the colour alone. So by default refinement
+moves the **colour only** and leaves the regressor's shape exactly as it is
+(``shape_lr=0``); ``shape_lr > 0`` (``--refine-shape``) also moves the shape, pulled
+towards the regressor's prediction by ``anchor``.
 """
 from __future__ import annotations
 
@@ -45,11 +50,13 @@ class RefineSettings:
         lr: Adam step size on the N(0, 1) coefficients.
         prior: weight of ``mean(s^2) + mean(c^2)`` (pull towards the prior's mean).
         anchor: weight of ``mean((s - s0)^2)``: a pull of the shape towards the
-            regressor's prediction ``s0`` (the colour is free). The default 2 keeps the
-            geometry as good as the regressor's (``docs/evaluation.md``, "Refinement and
-            geometry"); 0 is the unanchored refinement of earlier versions (more likeness,
-            worse shapes).
-        shape_lr: the shape's step size relative to ``lr`` (1: the same as the colour).
+            regressor's prediction ``s0`` when the shape moves (``shape_lr > 0``; the
+            colour is free); 0 is the unanchored refinement of earlier versions (more
+            likeness, worse shapes).
+        shape_lr: the shape's step size relative to ``lr``. 0 (the default): the shape is
+            the regressor's, exactly, and only the colour is refined; 1: the shape moves as
+            fast as the colour (``--refine-shape``; geometry slightly worse, see the
+            module docstring).
         render_size: side of the renders the crops are cut from (px), for face-sized
             crops; the combined encoder's 250 px ``dlib_wide`` crop renders 5/3 as large
             (:func:`facefit.faces.alignment.render_size_for`), so the face keeps its pixels.
@@ -63,7 +70,7 @@ class RefineSettings:
     lr: float = 0.05
     prior: float = 1e-3
     anchor: float = 2.0
-    shape_lr: float = 1.0
+    shape_lr: float = 0.0
     render_size: int = 160
     yaw_range: tuple = (-30.0, 30.0)
     pitch_range: tuple = (-15.0, 15.0)
@@ -148,14 +155,17 @@ def refine_identity(
     grads = [p.requires_grad for p in net.parameters()]
     for p in net.parameters():
         p.requires_grad_(False)
+    move_shape = float(cfg.shape_lr) > 0
     try:
         for a in range(0, n, int(cfg.batch)):
             b = min(n, a + int(cfg.batch))
-            s = s_all[a:b].clone().requires_grad_(True)
+            s = s_all[a:b].clone().requires_grad_(move_shape)  # a fixed shape costs no gradients
             c = c_all[a:b].clone().requires_grad_(True)
             s0 = s_all[a:b]
-            opt = torch.optim.Adam([{"params": [s], "lr": float(cfg.lr) * float(cfg.shape_lr)},
-                                    {"params": [c], "lr": float(cfg.lr)}])
+            groups = [{"params": [c], "lr": float(cfg.lr)}]
+            if move_shape:
+                groups.append({"params": [s], "lr": float(cfg.lr) * float(cfg.shape_lr)})
+            opt = torch.optim.Adam(groups)
             m = b - a
             frozen = torch.zeros(m, dtype=torch.bool, device=dev)  # faces whose update went non-finite
             for step in range(int(cfg.steps)):
@@ -173,7 +183,7 @@ def refine_identity(
                 emb = F.normalize(_embed(net, rc["crops"]), dim=-1).view(m, V, -1)
                 cos = (emb * target[a:b, None]).sum(-1).mean(1)  # (m,)
                 loss = (1.0 - cos).sum() + float(cfg.prior) * (s.pow(2).mean(1) + c.pow(2).mean(1)).sum()
-                if cfg.anchor:
+                if cfg.anchor and move_shape:
                     loss = loss + float(cfg.anchor) * (s - s0).pow(2).mean(1).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

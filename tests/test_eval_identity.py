@@ -224,6 +224,7 @@ def test_identity_refine_rows(tmp_path):
     assert len(names) == 2 and names[1] == f"{names[0]} +refine 2"
     plain, refined = (r["checkpoints"][n] for n in names)
     assert refined["checkpoint"]["refine_steps"] == 2 and "refine_steps" not in plain["checkpoint"]
+    assert refined["checkpoint"]["refine_shape"] is False
     ck = refined["checkpoint"]
     assert -1.0 <= ck["train_net_identity_before"] <= 1.0 and -1.0 <= ck["train_net_identity_after"] <= 1.0
     for m in (plain, refined):

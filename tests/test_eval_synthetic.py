@@ -284,9 +284,16 @@ def test_synthetic_cli_both_appearances_and_refine_row(tmp_path, checkpoint):
         s = r["summary"]
         assert s["mean face"]["ratio_to_mean_face"] == pytest.approx(1.0)
         assert s["facefit"]["ratio_to_mean_face"] == pytest.approx(s["facefit"]["mean_mm"] / s["mean face"]["mean_mm"])
+        # the default refinement moves the colour only: every face's geometry is the regressor's
+        assert [f["facefit + refine"]["error_mm"] for f in r["faces"]] == [f["facefit"]["error_mm"] for f in r["faces"]]
+        assert r["config"]["refine_shape"] is False
     # paired: the ground truth (mean face's error) is the same faces in both
     assert [f["yaw"] for f in rs["model"]["faces"]] == [f["yaw"] for f in rs["unseen"]["faces"]]
     bad = CliRunner().invoke(root, ["eval", "synthetic", "--n", "1", "--appearance", "cartoon", "--checkpoint",
                                     str(checkpoint), "-o", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "--appearance must be one of" in str(bad.exception or bad.output)
+    assert not (tmp_path / "bad").exists()
+    bad = CliRunner().invoke(root, ["eval", "synthetic", "--n", "1", "--refine-shape", "--checkpoint",
+                                    str(checkpoint), "-o", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "--refine-shape needs --refine N" in str(bad.exception or bad.output)
     assert not (tmp_path / "bad").exists()

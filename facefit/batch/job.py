@@ -265,6 +265,7 @@ def run_batch(
     pose: bool = False,
     track_every: int = 1,
     track_smooth: Optional[float] = None,
+    refine_shape: bool = False,
 ) -> BatchSummary:
     """Reconstruct inputs to files.
 
@@ -285,6 +286,7 @@ def run_batch(
             the photo whose face the detector is most confident about.
         texture: None / "model" (predicted colour) or "photo".
         refine: identity-refinement steps per face (see :func:`reconstruct`).
+        refine_shape: refinement also moves the shape (default: the colour only).
         head: write the complete ICT-FaceKit head (:mod:`facefit.avatar.head`).
         blendshapes: GLB outputs carry the model's expressions as named morph targets.
         units: mesh file units, "mm", "cm" or "m" (default: mm for OBJ/PLY, m for GLB).
@@ -386,7 +388,7 @@ def run_batch(
     if rec is None:
         rec = Reconstructor(checkpoint, model, device, detector, all_faces=all_faces and not fuse,
                             batch_size=batch_size, refine=refine, head=head, blendshapes=blendshapes,
-                            pose=pose and not fuse)
+                            pose=pose and not fuse, refine_shape=refine_shape)
     summary = BatchSummary(manifest=None if single_file else out_dir / MANIFEST_NAME,
                            engine="torch" if isinstance(rec, Reconstructor) else "lite")
     manifest = None if single_file else _Manifest(summary.manifest)

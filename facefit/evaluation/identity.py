@@ -68,6 +68,7 @@ class IdentityEvalConfig:
         examples: people shown in the example figure.
         refine: also evaluate each checkpoint's predictions after this many steps of
             per-photo identity refinement (:mod:`facefit.refine`; 0 = no).
+        refine_shape: that refinement also moves the shape (default: the colour only).
     """
 
     eval_net: str = "sface"
@@ -78,6 +79,7 @@ class IdentityEvalConfig:
     bins: int = 40
     examples: int = 8
     refine: int = 0
+    refine_shape: bool = False
 
 
 @dataclass
@@ -357,7 +359,8 @@ def evaluate_identity(
     eval_net = get_net(cfg.eval_net)
     recs = {}
     for name, path in checkpoints.items():
-        recs[name] = Reconstructor(path, model, device, cfg.detector, refine=cfg.refine)
+        recs[name] = Reconstructor(path, model, device, cfg.detector, refine=cfg.refine,
+                                   refine_shape=cfg.refine_shape)
     kinds = [(r.encoder.crop, int(r.encoder.input_size)) for r in recs.values()]
     photos = load_photos(photo_dir, eval_net, kinds, cfg, progress, rows=rows)
     if len(set(photos.labels.tolist())) < 2:
@@ -384,7 +387,7 @@ def evaluate_identity(
         if cfg.refine:  # the same predictions after per-photo identity refinement
             rs, rcol, refs = rec.refine(crops, shape, color)
             score(f"{name} +refine {cfg.refine}", rec, rs, rcol,
-                  {**infos[name], "refine_steps": int(cfg.refine),
+                  {**infos[name], "refine_steps": int(cfg.refine), "refine_shape": bool(cfg.refine_shape),
                    "train_net_identity_before": float(np.mean([r["identity_before"] for r in refs])),
                    "train_net_identity_after": float(np.mean([r["identity_after"] for r in refs]))})
         if first_model is None:

