@@ -497,9 +497,7 @@ class Reconstructor:
         from .refine import refine_identity
 
         t0 = time.perf_counter()
-        # a combined encoder names the network to refine against and how to cut its crop
-        pick = getattr(self.encoder, "refine_network", None)
-        net, cut = pick() if pick is not None else (self.encoder, None)
+        net, cut = self.encoder.refine_network()  # a combined encoder names one of its parts
         with torch.no_grad():
             embs = []
             for i in range(0, len(crops), self.batch_size):

@@ -14,6 +14,7 @@ encoder's crop; the fit is ``benchmarks/encoder_information.py``'s.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ from facefit.losses import default_param_weights  # noqa: E402
 from facefit.model_io import resolve_model  # noqa: E402
 from facefit.recognition import get_net  # noqa: E402
 from facefit.regressor import make_checkpoint, save_checkpoint  # noqa: E402
-from facefit.synthetic import SyntheticSettings, synthetic_batch  # noqa: E402
-from facefit.training import TrainConfig  # noqa: E402
+from facefit.synthetic import synthetic_batch  # noqa: E402
+from facefit.training import TrainConfig, synthetic_settings  # noqa: E402
 
 BATCH = 32
 
@@ -47,11 +48,8 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg, model, net = TrainConfig(), resolve_model(None), get_net(a.encoder)
-    st = SyntheticSettings(
-        render_size=a.render_size, crop=net.crop, crop_size=net.input_size, crop_fill=cfg.crop_fill,
-        fov_deg=cfg.fov_deg, yaw_range=tuple(cfg.yaw_range), pitch_range=tuple(cfg.pitch_range),
-        roll_range=tuple(cfg.roll_range), temperature_range=tuple(cfg.temperature_range), expr_scale=cfg.expr_scale,
-        expr_prob=cfg.expr_prob, fill_holes=cfg.fill_holes)
+    # training's settings, at the render size asked for (not scaled for the crop)
+    st = dataclasses.replace(synthetic_settings(cfg, net), render_size=a.render_size)
     a.bank.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     files = []
@@ -70,7 +68,7 @@ def main() -> int:
         tmp.rename(f)
         if i % 20 == 0:
             print(f"bank {i}/{a.batches} {time.time() - t0:.0f} s", flush=True)
-    recs = [torch.load(f) for f in files]
+    recs = [torch.load(f, weights_only=True) for f in files]
     feats = torch.cat([r[a.encoder] for r in recs]).float()
     S = torch.cat([r["shape_coeffs"] for r in recs]).float()
     C = torch.cat([r["color_coeffs"] for r in recs]).float()

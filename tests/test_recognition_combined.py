@@ -107,6 +107,8 @@ def test_refine_uses_dlib_on_the_centre_chip(default_model, photos):
     net = get_net("dlib+facenet")
     dl, cut = net.refine_network()
     assert dl is net.dlib and cut(torch.zeros(1, 3, 250, 250)).shape == (1, 3, 150, 150)
+    plain = net.dlib
+    assert plain.refine_network() == (plain, None)  # a plain network refines against itself
     torch.manual_seed(0)
     dec = Decoder(768, default_model.n_shape, default_model.n_color, hidden=(16,), init_scale=0.05)
     import tempfile

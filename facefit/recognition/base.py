@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import itertools
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +132,12 @@ class RecognitionNet(nn.Module, abc.ABC):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`embed`: (B, 3, S, S) -> (B, E) unit vectors."""
         return self.embed(images)
+
+    def refine_network(self) -> tuple["RecognitionNet", Optional[Callable]]:
+        """The network ``--refine`` optimises against and how to cut its crop from this
+        network's crop (None: the crop as it is). A plain network refines against itself;
+        a combined one names one of its parts (:class:`facefit.recognition.DlibFaceNet`)."""
+        return self, None
 
     @staticmethod
     def normalize(x: torch.Tensor) -> torch.Tensor:
